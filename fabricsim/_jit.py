@@ -1,0 +1,64 @@
+"""The project's single Numba options point.
+
+Every kernel is compiled through :func:`njit` from this module, never through a raw
+``numba.njit(...)``: serial kernels are cached on disk (``cache=True``), never use
+``fastmath`` (results must be bit-identical run to run) and release the GIL.
+
+If no cache directory is writable (a read-only install with no ``NUMBA_CACHE_DIR``),
+caching is switched off with a warning instead of failing at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+import numba
+
+__all__ = ["njit", "CACHE_ENABLED"]
+
+
+def _cache_writable() -> bool:
+    """True when Numba will be able to write its on-disk cache for this package."""
+    cache_dir = os.environ.get("NUMBA_CACHE_DIR")
+    if cache_dir:
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            with tempfile.TemporaryFile(dir=cache_dir):
+                pass
+            return True
+        except OSError:
+            return False
+    # Numba's default locator writes a __pycache__ beside the source file, and falls back to
+    # a user-wide cache directory; accept either.
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(os.path.dirname(here), "kernels"), here):
+        if os.access(candidate, os.W_OK):
+            return True
+    user_cache = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.access(user_cache if os.path.isdir(user_cache) else os.path.expanduser("~"), os.W_OK)
+
+
+CACHE_ENABLED = _cache_writable()
+if not CACHE_ENABLED:  # pragma: no cover - depends on the install
+    warnings.warn(
+        "fabricsim: no writable Numba cache directory; kernels will be recompiled in every "
+        "process. Set NUMBA_CACHE_DIR to a writable folder to cache them.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+_OPTIONS = dict(cache=CACHE_ENABLED, fastmath=False, nogil=True)
+
+
+def njit(*args, **kwargs):
+    """``numba.njit`` with the project's options (cache, no fastmath, nogil).
+
+    Usable bare (``@njit``) or with extra options (``@njit(inline="always")``).
+    """
+    options = dict(_OPTIONS)
+    options.update(kwargs)
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return numba.njit(**options)(args[0])
+    return numba.njit(*args, **options)

@@ -1,0 +1,146 @@
+"""Drivers of the simulation kernels: validated arrays in, results out, traces streamed on the way.
+
+:func:`run_flow_engine` runs the flow-level kernel (:mod:`fabricsim.kernels.flowsim`) in slices,
+so that completed flows and link-utilization samples reach the trace sinks while the run goes on
+(a run killed half-way leaves readable traces) and long runs can report progress.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from fabricsim.errors import ConfigError
+from fabricsim.kernels import flowsim
+
+__all__ = ["EngineOutput", "CapacityEvents", "run_flow_engine", "as_capacity_events",
+           "DEFAULT_TOLERANCE"]
+
+#: Default staleness bound of the flow engine (see :func:`fabricsim.kernels.flowsim.advance`).
+DEFAULT_TOLERANCE = 0.01
+_SLICE_EVENTS = 20_000
+
+
+@dataclass(frozen=True)
+class CapacityEvents:
+    """Link-capacity changes, sorted by time: ``time_ps int64[E]``, ``link int64[E]``,
+    ``capacity_bps float64[E]``. Events at one time apply in the given order."""
+
+    time_ps: np.ndarray
+    link: np.ndarray
+    capacity_bps: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.time_ps.shape[0])
+
+
+def as_capacity_events(events, n_links: int) -> CapacityEvents:
+    """Validate capacity events given as ``None``, a :class:`CapacityEvents`, rows of
+    ``(time_ps, link, capacity_bps)`` or a tuple of three arrays; returns them sorted by time."""
+    if events is None:
+        return CapacityEvents(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    if isinstance(events, CapacityEvents):
+        t, link, cap = events.time_ps, events.link, events.capacity_bps
+    elif isinstance(events, tuple) and len(events) == 3 and all(np.ndim(a) == 1 for a in events):
+        t, link, cap = events
+    else:
+        rows = np.asarray(events, dtype=np.float64)
+        if rows.size == 0:
+            return as_capacity_events(None, n_links)
+        if rows.ndim != 2 or rows.shape[1] != 3:
+            raise ConfigError("capacity_events", "must be rows of (time_ps, link, capacity_bps), "
+                              f"got an array of shape {rows.shape}")
+        t, link, cap = rows[:, 0], rows[:, 1], rows[:, 2]
+    t = np.asarray(t)
+    link = np.asarray(link)
+    cap = np.asarray(cap, dtype=np.float64)
+    if not (t.shape == link.shape == cap.shape):
+        raise ConfigError("capacity_events", "time_ps, link and capacity_bps must have equal lengths")
+    if t.size and (np.any(t != np.round(t)) or np.any(t < 0)):
+        raise ConfigError("capacity_events.time_ps", "must be integers >= 0 (picoseconds)")
+    if link.size and (np.any(link != np.round(link)) or link.min() < 0 or link.max() >= n_links):
+        raise ConfigError("capacity_events.link", f"must be link ids in 0 .. {n_links - 1}")
+    if not np.all(np.isfinite(cap)) or np.any(cap < 0):
+        raise ConfigError("capacity_events.capacity_bps", "must be finite and >= 0")
+    order = np.argsort(t, kind="stable")
+    return CapacityEvents(t.astype(np.int64)[order], link.astype(np.int64)[order], cap[order])
+
+
+@dataclass
+class EngineOutput:
+    """What an engine returns: per-flow finish times and per-link carried bytes.
+
+    ``finish_ps int64[F]`` (-1 for a flow that did not finish), ``link_bytes float64[L]`` (bytes
+    each link carried), ``status`` ``done``, ``deadlock`` (flows held by a zero-capacity link that
+    never came back) or ``horizon`` (stopped at ``until_ps``), ``end_ps`` the simulated time
+    reached, ``stats`` counters of the run.
+    """
+
+    finish_ps: np.ndarray
+    link_bytes: np.ndarray
+    status: str
+    end_ps: int
+    stats: dict = field(default_factory=dict)
+
+
+def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
+                    events: CapacityEvents, *, tolerance: float = DEFAULT_TOLERANCE,
+                    weight=None, rate_cap_bps=None, until_ps: int | None = None,
+                    on_flows: Callable | None = None, on_links: Callable | None = None,
+                    sample_ps: int | None = None,
+                    progress: Callable[[int, int, int], None] | None = None) -> EngineOutput:
+    """Run the flow-level engine on validated arrays.
+
+    ``on_flows(flow_ids, finish_ps)`` receives each slice's completed flows;
+    ``on_links(time_ps, bytes_in_interval)`` receives, every ``sample_ps``, the bytes each link
+    carried during the interval; ``progress(done, total, now_ps)`` is called after every slice.
+    """
+    if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
+        raise ConfigError("tolerance", f"must be a number >= 0, got {tolerance!r}")
+    st = flowsim.new_state(route_ptr, route_links, start_ps, size_bytes,
+                           np.ascontiguousarray(capacity_bps, dtype=np.float64),
+                           events.time_ps, events.link, events.capacity_bps, weight, rate_cap_bps)
+    n_flows = route_ptr.shape[0] - 1
+    horizon = flowsim.INF_PS if until_ps is None else int(until_ps)
+    sampling = on_links is not None and sample_ps
+    next_sample = int(st.clock[flowsim.C_NOW]) + int(sample_ps) if sampling else flowsim.INF_PS
+    prev_bytes = np.zeros_like(st.bytes_acc)
+    n_reported = 0
+    t0 = time.perf_counter()
+    while True:
+        stop = min(horizon, next_sample)
+        code = flowsim.advance(st, stop, _SLICE_EVENTS, float(tolerance))
+        n_done = int(st.clock[flowsim.C_N_DONE])
+        if on_flows is not None and n_done > n_reported:
+            ids = st.done_order[n_reported:n_done].copy()
+            on_flows(ids, st.finish_ps[ids])
+        n_reported = n_done
+        if progress is not None:
+            progress(n_done, n_flows, int(st.clock[flowsim.C_NOW]))
+        if code == flowsim.PAUSED and sampling and _next_time(st) > next_sample:
+            flowsim.settle_links(st, next_sample)
+            on_links(next_sample, st.bytes_acc - prev_bytes)
+            prev_bytes = st.bytes_acc.copy()
+            next_sample += int(sample_ps)
+            continue
+        if code == flowsim.PAUSED and _next_time(st) <= horizon:
+            continue  # stopped by the slice size only
+        break
+    end_ps = int(st.clock[flowsim.C_NOW]) if code != flowsim.PAUSED else horizon
+    flowsim.settle_links(st, end_ps)
+    if sampling and end_ps > next_sample - int(sample_ps):
+        on_links(end_ps, st.bytes_acc - prev_bytes)
+    status = {flowsim.DONE: "done", flowsim.DEADLOCK: "deadlock", flowsim.PAUSED: "horizon"}[code]
+    c = st.clock
+    stats = dict(events=int(c[flowsim.C_EVENTS]), exact_solves=int(c[flowsim.C_SOLVES]),
+                 solved_flows=int(c[flowsim.C_SOLVED_FLOWS]), local_solves=int(c[flowsim.C_LOCAL_SOLVES]),
+                 wall_s=time.perf_counter() - t0, tolerance=float(tolerance))
+    return EngineOutput(st.finish_ps.copy(), st.bytes_acc.copy(), status, end_ps, stats)
+
+
+def _next_time(st) -> int:
+    """Time of the state's next event (INF when none)."""
+    return int(flowsim.next_event_time(st))

@@ -1,0 +1,114 @@
+"""Flow records as an Arrow IPC stream (``.arrows``).
+
+One record per flow, written in batches as flows complete (and, at the end of a run, for the
+flows that did not finish, with ``finish_ps = -1``). Schema :data:`FLOW_SCHEMA`:
+
+======================  ======================  ==========================================
+column                  type                    meaning
+======================  ======================  ==========================================
+``flow_id``             int64                   index of the flow in the run's input
+``src``, ``dst``        int64                   host indices
+``size_bytes``          int64                   bytes to deliver
+``start_ps``            int64                   arrival time
+``finish_ps``           int64                   completion time, -1 if unfinished
+``path_kind``           dictionary<string>      nvlink, tor, pod, core (see fabricsim.fabric)
+======================  ======================  ==========================================
+
+The stream is flushed after every batch; :func:`read_flow_trace` reads every complete batch of a
+stream whose writer was killed and reports the torn tail instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fabricsim.traces.schema import metadata
+
+__all__ = ["FLOW_SCHEMA", "FlowTraceWriter", "read_flow_trace", "to_parquet", "PATH_KIND_NAMES"]
+
+PATH_KIND_NAMES = ("nvlink", "tor", "pod", "core", "ocs")
+
+FLOW_SCHEMA = pa.schema([
+    ("flow_id", pa.int64()),
+    ("src", pa.int64()),
+    ("dst", pa.int64()),
+    ("size_bytes", pa.int64()),
+    ("start_ps", pa.int64()),
+    ("finish_ps", pa.int64()),
+    ("path_kind", pa.dictionary(pa.int8(), pa.string())),
+])
+
+
+class FlowTraceWriter:
+    """Streams flow records to ``path`` (Arrow IPC stream), flushing after every batch."""
+
+    def __init__(self, path, scenario: dict | None = None):
+        self.path = os.fspath(path)
+        self.schema = FLOW_SCHEMA.with_metadata(metadata(scenario))
+        self._file = open(self.path, "wb")
+        self._writer = pa.ipc.new_stream(self._file, self.schema)
+        self._file.flush()
+        self._kinds = pa.array(PATH_KIND_NAMES, pa.string())
+        self.rows = 0
+
+    def write(self, flow_id, src, dst, size_bytes, start_ps, finish_ps, path_kind) -> None:
+        """Append one batch of records (arrays of equal length; ``path_kind`` int8 codes)."""
+        cols = [np.asarray(c, np.int64) for c in (flow_id, src, dst, size_bytes, start_ps, finish_ps)]
+        kinds = pa.DictionaryArray.from_arrays(pa.array(np.asarray(path_kind, np.int8)), self._kinds)
+        batch = pa.record_batch([pa.array(c) for c in cols] + [kinds], schema=self.schema)
+        self._writer.write_batch(batch)
+        self._file.flush()
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._writer.close()
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_flow_trace(path) -> pa.Table:
+    """All complete record batches of a flow trace as a table (schema metadata kept).
+
+    A stream cut short (a killed run) yields the batches written before the cut, with a warning.
+    """
+    path = os.fspath(path)
+    batches = []
+    with open(path, "rb") as f:
+        try:
+            reader = pa.ipc.open_stream(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"{path}: not a readable Arrow IPC stream ({exc})") from None
+        schema = reader.schema
+        while True:
+            try:
+                batches.append(reader.read_next_batch())
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError, EOFError) as exc:
+                warnings.warn(f"{path}: stream ends with a torn batch (the writer was stopped); "
+                              f"kept {len(batches)} complete batches ({exc})", RuntimeWarning, stacklevel=2)
+                break
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def to_parquet(path, out=None) -> str:
+    """Convert a flow trace to Parquet (written to a temporary name, then renamed); returns the path."""
+    table = read_flow_trace(path)
+    src = os.fspath(path)
+    out = os.fspath(out) if out is not None else os.path.splitext(src)[0] + ".parquet"
+    tmp = out + ".tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,60 @@
+"""All traces of one run, in one output directory: ``flows.arrows`` and ``links.h5``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from fabricsim.traces.flows import FlowTraceWriter
+from fabricsim.traces.links import LinkTraceWriter
+
+__all__ = ["RunTrace"]
+
+
+class RunTrace:
+    """Trace sinks of one run in ``out_dir``.
+
+    ``flows.arrows`` always; ``links.h5`` (per-link utilization) when ``sample_ps`` is given, one
+    sample per ``sample_ps`` of simulated time. ``fabric`` supplies the link arrays.
+    """
+
+    def __init__(self, out_dir, *, fabric, scenario: dict | None = None, sample_ps: int | None = None):
+        self.out_dir = os.fspath(out_dir)
+        os.makedirs(self.out_dir, exist_ok=True)
+        if sample_ps is not None and (int(sample_ps) != sample_ps or sample_ps <= 0):
+            raise ValueError(f"sample_ps: must be a positive integer, got {sample_ps!r}")
+        self.sample_ps = None if sample_ps is None else int(sample_ps)
+        self.flows_path = os.path.join(self.out_dir, "flows.arrows")
+        self.links_path = os.path.join(self.out_dir, "links.h5") if self.sample_ps else None
+        self.flows = FlowTraceWriter(self.flows_path, scenario)
+        self._capacity = fabric.links.capacity_bps
+        self._last_sample_ps = None
+        self.links = None
+        if self.sample_ps:
+            links = fabric.links
+            self.links = LinkTraceWriter(self.links_path, links.src, links.dst, links.kind,
+                                         links.capacity_bps, scenario)
+
+    def write_flows(self, flow_id, src, dst, size_bytes, start_ps, finish_ps, path_kind) -> None:
+        self.flows.write(flow_id, src, dst, size_bytes, start_ps, finish_ps, path_kind)
+
+    def write_link_sample(self, time_ps: int, bytes_in_interval) -> None:
+        """Record the bytes each link carried in the interval ending at ``time_ps``."""
+        start = self._last_sample_ps if self._last_sample_ps is not None else time_ps - self.sample_ps
+        interval_s = max(time_ps - start, 1) * 1e-12
+        with np.errstate(divide="ignore", invalid="ignore"):
+            util = np.where(self._capacity > 0, bytes_in_interval * 8.0 / (self._capacity * interval_s), 0.0)
+        self.links.write(time_ps, util)
+        self._last_sample_ps = time_ps
+
+    def close(self) -> None:
+        self.flows.close()
+        if self.links is not None:
+            self.links.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

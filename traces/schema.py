@@ -1,0 +1,50 @@
+"""Schema version and metadata shared by every trace and result file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+#: Bumped whenever a trace or result schema changes incompatibly.
+SCHEMA_VERSION = 1
+
+VERSION_KEY = "fabricsim.schema_version"
+SCENARIO_KEY = "fabricsim.scenario"
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def scenario_json(scenario: dict | None) -> str:
+    """The resolved scenario as canonical JSON (sorted keys)."""
+    return json.dumps(_jsonable(scenario or {}), sort_keys=True, default=str)
+
+
+def metadata(scenario: dict | None) -> dict[str, str]:
+    """Key-value metadata for Arrow/Parquet schemas and HDF5 attributes."""
+    return {VERSION_KEY: str(SCHEMA_VERSION), SCENARIO_KEY: scenario_json(scenario)}
+
+
+def read_metadata(meta) -> dict:
+    """``{"schema_version": int, "scenario": dict}`` from Arrow (bytes keys) or HDF5 metadata."""
+    def get(key):
+        for k in (key, key.encode()):
+            if k in meta:
+                v = meta[k]
+                return v.decode() if isinstance(v, bytes) else str(v)
+        return None
+
+    version = get(VERSION_KEY)
+    scenario = get(SCENARIO_KEY)
+    return {"schema_version": int(version) if version is not None else None,
+            "scenario": json.loads(scenario) if scenario else {}}
