@@ -1,0 +1,5 @@
+import sys
+
+from fabricsim.cli import main
+
+sys.exit(main())

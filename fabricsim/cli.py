@@ -1,0 +1,197 @@
+"""The ``fabricsim`` command line (stdlib argparse).
+
+Every user error prints one line, ``fabricsim: error: <field>: <what is allowed>``, and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from fabricsim import __version__
+from fabricsim.errors import FabricsimError
+
+__all__ = ["main"]
+
+
+def _fmt_time(ps) -> str:
+    if ps is None or ps < 0:
+        return "n/a"
+    s = ps * 1e-12
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if s >= scale:
+            return f"{s / scale:.3f} {unit}"
+    return f"{ps} ps"
+
+
+class _Progress:
+    """A one-line progress report on stderr for runs longer than a second (TTY only)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done, total, now_ps):
+        if not self.enabled:
+            return
+        t = time.monotonic()
+        if t - self.t0 < 1.0 or t - self.last < 0.25:
+            return
+        self.last = t
+        self.shown = True
+        sys.stderr.write(f"\r  {done:,}/{total:,} flows done, simulated {_fmt_time(now_ps)}, "
+                         f"{t - self.t0:.1f} s   ")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _cmd_run(args) -> int:
+    from fabricsim.config import load_scenario
+    from fabricsim.scenario import run_scenario
+
+    scenario = load_scenario(args.scenario)
+    if args.engine:
+        import dataclasses
+
+        from fabricsim.config import RunConfig
+
+        scenario = dataclasses.replace(scenario, run=RunConfig(**{**dataclasses.asdict(scenario.run),
+                                                                  "engine": args.engine}))
+    out = args.out or os.path.join("fabricsim-out", scenario.name)
+    progress = _Progress(not args.quiet)
+    try:
+        result, s = run_scenario(scenario, out, progress=progress)
+    finally:
+        progress.close()
+    stats = s["engine_stats"]
+    gb = s["bytes"] / 1e9
+    print(f"scenario     {args.scenario}")
+    print(f"fabric       {s['fabric']}")
+    print(f"traffic      {scenario.traffic.pattern}: {s['flows']:,} flows, {gb:.3f} GB")
+    print(f"engine       {scenario.run.engine} (tolerance {scenario.run.tolerance:g}): "
+          f"{stats['wall_s']:.2f} s wall, {stats['events']:,} events")
+    status = "" if s["status"] == "done" else f"  [{s['status']}: {s['flows'] - s['flows_finished']:,} flows unfinished]"
+    print(f"completion   {_fmt_time(s['completion_ps'])}{status}")
+    if s["host_gbps_mean"] is not None:
+        print(f"throughput   per sending host: mean {s['host_gbps_mean']:.2f} Gbps, "
+              f"min {s['host_gbps_min']:.2f} Gbps ({s['senders']} senders)")
+    print(f"FCT          p50 {_fmt_time(s['fct_p50_ps'])}, p99 {_fmt_time(s['fct_p99_ps'])}")
+    files = [os.path.join(out, n) for n in ("flows.arrows", "links.h5", "summary.json")
+             if os.path.exists(os.path.join(out, n))]
+    print(f"traces       {', '.join(files)}")
+    return 0
+
+
+def _cmd_trace_show(args) -> int:
+    import numpy as np
+
+    from fabricsim.traces import read_flow_trace, read_metadata
+
+    path = args.file
+    if not os.path.isfile(path):
+        raise FabricsimError(f"trace: file not found: {path}")
+    try:
+        table = read_flow_trace(path)
+    except ValueError as exc:
+        raise FabricsimError(f"trace: {exc}") from None
+    meta = read_metadata(table.schema.metadata or {})
+    print(f"file            {path}")
+    print(f"schema version  {meta['schema_version']}")
+    scenario = meta["scenario"]
+    if scenario:
+        print(f"scenario        {scenario.get('name', '')} ({', '.join(sorted(scenario))})")
+    print(f"flows           {table.num_rows:,}")
+    if table.num_rows:
+        finish = table.column("finish_ps").to_numpy()
+        start = table.column("start_ps").to_numpy()
+        done = finish >= 0
+        print(f"finished        {int(done.sum()):,}")
+        print(f"bytes           {int(table.column('size_bytes').to_numpy().sum()):,}")
+        if done.any():
+            fct = (finish - start)[done]
+            print(f"first start     {_fmt_time(int(start.min()))}")
+            print(f"last finish     {_fmt_time(int(finish[done].max()))}")
+            print(f"FCT             p50 {_fmt_time(float(np.percentile(fct, 50)))}, "
+                  f"p99 {_fmt_time(float(np.percentile(fct, 99)))}, max {_fmt_time(int(fct.max()))}")
+        kinds = table.column("path_kind").to_pandas().value_counts() if _has_pandas() else None
+        if kinds is not None:
+            print("path kinds      " + ", ".join(f"{k} {v:,}" for k, v in kinds.items() if v))
+    return 0
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cmd_trace_convert(args) -> int:
+    from fabricsim.traces import to_parquet
+
+    if not os.path.isfile(args.file):
+        raise FabricsimError(f"trace: file not found: {args.file}")
+    try:
+        out = to_parquet(args.file, args.out)
+    except ValueError as exc:
+        raise FabricsimError(f"trace: {exc}") from None
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fabricsim",
+        description="Simulate GPU-cluster fabrics for Mixture-of-Experts training.")
+    p.add_argument("--version", action="version", version=f"fabricsim {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="simulate a traffic scenario (TOML) on a fabric",
+                         description="Simulate the traffic scenario of a TOML file; print completion "
+                                     "time, per-host throughput and FCT percentiles; write traces.")
+    run.add_argument("scenario", help="scenario file, e.g. examples/small.toml")
+    run.add_argument("--out", help="output directory (default fabricsim-out/<scenario name>)")
+    run.add_argument("--engine", choices=["flow"], help="override run.engine of the scenario")
+    run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.set_defaults(func=_cmd_run)
+
+    trace = sub.add_parser("trace", help="inspect or convert trace files")
+    tsub = trace.add_subparsers(dest="trace_command", metavar="ACTION")
+    show = tsub.add_parser("show", help="summarize a flow trace (.arrows)")
+    show.add_argument("file")
+    show.set_defaults(func=_cmd_trace_show)
+    conv = tsub.add_parser("convert", help="convert a flow trace (.arrows) to Parquet")
+    conv.add_argument("file")
+    conv.add_argument("--to", choices=["parquet"], required=True, help="target format")
+    conv.add_argument("--out", help="output file (default: beside the input, .parquet)")
+    conv.set_defaults(func=_cmd_trace_convert)
+    trace.set_defaults(func=lambda a: (trace.print_help(), 2)[1])
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FabricsimError as exc:
+        print(f"fabricsim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fabricsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

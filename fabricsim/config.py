@@ -1,0 +1,221 @@
+"""Scenario files (TOML) into frozen dataclasses; every bad field gives one clear error.
+
+A scenario has three tables, ``[fabric]``, ``[traffic]`` and ``[run]``; see ``examples/small.toml``
+and the README for every key. Unknown keys, wrong types and out-of-range values raise
+:class:`fabricsim.errors.ConfigError` naming the field (``fabric.k``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from fabricsim.errors import ConfigError, require
+
+__all__ = ["FabricConfig", "TrafficConfig", "RunConfig", "Scenario", "load_scenario",
+           "FABRIC_BUILDERS", "TRAFFIC_PATTERNS"]
+
+FABRIC_BUILDERS = ("fat_tree", "rail_optimized")
+TRAFFIC_PATTERNS = ("permutation", "all_to_all", "incast", "matrix")
+
+
+def _type_name(tp) -> str:
+    if get_origin(tp) is not None:
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value, tp, name):
+    """Check ``value`` against the annotation ``tp`` (int, float, str, bool, Optional[...])."""
+    if get_origin(tp) is not None:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if tp is bool:
+        require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        require(isinstance(value, int) and not isinstance(value, bool), name,
+                f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value), name, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        require(isinstance(value, str), name, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(tp)  # pragma: no cover
+
+
+def _from_table(cls, table: Any, section: str):
+    """Build dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
+    require(isinstance(table, dict), section, f"must be a table, got {type(table).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in table:
+        if key not in names:
+            raise ConfigError(f"{section}.{key}", f"unknown key; allowed keys: {', '.join(names)}")
+    values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in table.items()}
+    return cls(**values)
+
+
+def _choice(value, allowed, name):
+    require(value in allowed, name, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FabricConfig:
+    """``[fabric]``: which fabric to build (see :mod:`fabricsim.fabric`)."""
+
+    builder: str = "fat_tree"
+    hosts: Optional[int] = None  # fat_tree
+    servers: Optional[int] = None  # rail_optimized
+    link_gbps: float = 100.0
+    k: Optional[int] = None
+    oversubscription: float = 1.0
+    oversub_build: str = "ports"
+    host: str = "gpu"
+    gpus_per_server: int = 8
+    nvlink_gbps: Optional[float] = None
+    link_delay_us: float = 1.0
+    build: str = "fat-tree"  # rail_optimized: fat-tree | superpod
+
+    def __post_init__(self):
+        _choice(self.builder, FABRIC_BUILDERS, "fabric.builder")
+        if self.builder == "fat_tree":
+            require(self.hosts is not None, "fabric.hosts", "is required for builder = 'fat_tree'")
+            require(self.servers is None, "fabric.servers", "is for builder = 'rail_optimized'; "
+                    "fat_tree takes hosts")
+        else:
+            require(self.servers is not None, "fabric.servers", "is required for builder = 'rail_optimized'")
+            require(self.hosts is None, "fabric.hosts", "is for builder = 'fat_tree'; rail_optimized "
+                    "takes servers")
+        require(self.link_delay_us >= 0, "fabric.link_delay_us", f"must be >= 0, got {self.link_delay_us}")
+
+    def build_fabric(self):
+        from fabricsim import fabric
+
+        delay_ps = int(round(self.link_delay_us * 1e6))
+        if self.builder == "fat_tree":
+            return fabric.fat_tree(self.hosts, self.link_gbps, k=self.k,
+                                   oversubscription=self.oversubscription,
+                                   oversub_build=self.oversub_build, host=self.host,
+                                   gpus_per_server=self.gpus_per_server, nvlink_gbps=self.nvlink_gbps,
+                                   link_delay_ps=delay_ps)
+        return fabric.rail_optimized(self.servers, self.link_gbps, self.gpus_per_server, build=self.build,
+                                     nvlink_gbps=self.nvlink_gbps, link_delay_ps=delay_ps)
+
+
+@dataclass(frozen=True)
+class TrafficConfig:
+    """``[traffic]``: which flows to send (see :mod:`fabricsim.traffic`)."""
+
+    pattern: str = "permutation"
+    size_bytes: Optional[int] = None
+    size_min_bytes: Optional[int] = None
+    size_max_bytes: Optional[int] = None
+    group_size: Optional[int] = None  # all_to_all (default: all hosts)
+    fan_in: Optional[int] = None  # incast
+    target: int = 0  # incast
+    file: Optional[str] = None  # matrix
+    start_us: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        _choice(self.pattern, TRAFFIC_PATTERNS, "traffic.pattern")
+        spread = self.size_min_bytes is not None or self.size_max_bytes is not None
+        if self.pattern == "matrix":
+            require(self.file is not None, "traffic.file", "is required for pattern = 'matrix' "
+                    "(a .npy, .csv or .parquet matrix of bytes, hosts x hosts)")
+            require(self.size_bytes is None and not spread, "traffic.size_bytes",
+                    "is not used with pattern = 'matrix' (the matrix gives the sizes)")
+        else:
+            require(self.file is None, "traffic.file", "is only for pattern = 'matrix'")
+            require((self.size_bytes is not None) != spread, "traffic.size_bytes",
+                    "give either size_bytes or both size_min_bytes and size_max_bytes")
+        if self.size_bytes is not None:
+            require(self.size_bytes >= 0, "traffic.size_bytes", f"must be >= 0, got {self.size_bytes}")
+        if spread:
+            require(self.size_min_bytes is not None and self.size_max_bytes is not None,
+                    "traffic.size_min_bytes", "size_min_bytes and size_max_bytes go together")
+            require(0 <= self.size_min_bytes <= self.size_max_bytes, "traffic.size_min_bytes",
+                    f"need 0 <= size_min_bytes <= size_max_bytes, got {self.size_min_bytes} and "
+                    f"{self.size_max_bytes}")
+        if self.group_size is not None:
+            require(self.pattern == "all_to_all", "traffic.group_size", "is only for pattern = 'all_to_all'")
+            require(self.group_size >= 2, "traffic.group_size", f"must be >= 2, got {self.group_size}")
+        if self.fan_in is not None:
+            require(self.pattern == "incast", "traffic.fan_in", "is only for pattern = 'incast'")
+            require(self.fan_in >= 1, "traffic.fan_in", f"must be >= 1, got {self.fan_in}")
+        require(self.start_us >= 0, "traffic.start_us", f"must be >= 0, got {self.start_us}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``[run]``: engine and trace options."""
+
+    engine: str = "flow"
+    seed: int = 0
+    tolerance: float = 0.01
+    sample_us: float = 10.0  # link-utilization sampling interval (0 = no links.h5)
+
+    def __post_init__(self):
+        from fabricsim.simulate import ENGINES
+
+        _choice(self.engine, ENGINES, "run.engine")
+        require(self.tolerance >= 0, "run.tolerance", f"must be >= 0, got {self.tolerance}")
+        require(self.sample_us >= 0, "run.sample_us", f"must be >= 0 (0 = off), got {self.sample_us}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole scenario file. ``base_dir`` resolves relative paths (the file's folder)."""
+
+    fabric: FabricConfig
+    traffic: TrafficConfig
+    run: RunConfig = field(default_factory=RunConfig)
+    base_dir: str = "."
+    name: str = "scenario"
+
+    @classmethod
+    def from_dict(cls, data: dict, base_dir: str = ".", name: str = "scenario") -> "Scenario":
+        require(isinstance(data, dict), "scenario", "must be a TOML table")
+        for key in data:
+            if key not in ("fabric", "traffic", "run"):
+                raise ConfigError(key, "unknown table; allowed tables: fabric, traffic, run")
+        require("fabric" in data, "fabric", "the [fabric] table is required")
+        require("traffic" in data, "traffic", "the [traffic] table is required")
+        return cls(fabric=_from_table(FabricConfig, data["fabric"], "fabric"),
+                   traffic=_from_table(TrafficConfig, data["traffic"], "traffic"),
+                   run=_from_table(RunConfig, data.get("run", {}), "run"),
+                   base_dir=base_dir, name=name)
+
+    def to_dict(self) -> dict:
+        """The resolved scenario (every default filled in), as recorded in traces and results."""
+        return {"name": self.name, "fabric": dataclasses.asdict(self.fabric),
+                "traffic": dataclasses.asdict(self.traffic), "run": dataclasses.asdict(self.run)}
+
+
+def load_scenario(path) -> Scenario:
+    """Read and validate a scenario TOML file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError("scenario", f"file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("scenario", f"{path} is not valid TOML: {exc}") from None
+    name = os.path.splitext(os.path.basename(path))[0]
+    return Scenario.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)), name=name)

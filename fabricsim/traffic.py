@@ -1,0 +1,114 @@
+"""Synthetic traffic patterns: which hosts send how many bytes to which.
+
+Every generator returns ``(src int64[F], dst int64[F])`` over host indices ``0 .. hosts-1``;
+:func:`flow_sizes` draws sizes, and :func:`from_config` builds a whole flow batch from a
+``[traffic]`` table.
+
+- ``permutation``: every host sends one flow to a distinct host, a seeded random derangement.
+- ``all_to_all``: every ordered pair inside consecutive groups of ``group_size`` hosts.
+- ``incast``: ``fan_in`` distinct random hosts send to ``target``.
+- ``matrix``: a hosts x hosts matrix of bytes read from ``.npy``, ``.csv`` or ``.parquet``; every
+  positive off-diagonal entry is a flow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from fabricsim.errors import ConfigError, require
+
+__all__ = ["permutation", "all_to_all", "incast", "read_matrix", "flow_sizes", "from_config"]
+
+
+def permutation(hosts: int, rng: np.random.Generator):
+    """A random derangement: host i sends to perm[i] != i."""
+    require(hosts >= 2, "traffic.pattern", "permutation needs at least 2 hosts")
+    perm = rng.permutation(hosts)
+    # Fix points are swapped with a neighbour in the cycle order: the result stays a permutation.
+    for i in np.flatnonzero(perm == np.arange(hosts)):
+        j = (i + 1) % hosts
+        perm[i], perm[j] = perm[j], perm[i]
+    src = np.arange(hosts, dtype=np.int64)
+    return src, perm.astype(np.int64)
+
+
+def all_to_all(hosts: int, group_size: int | None = None):
+    """Every ordered pair (s, d), s != d, inside consecutive groups of ``group_size`` hosts."""
+    g = hosts if group_size is None else group_size
+    require(2 <= g <= hosts, "traffic.group_size", f"must lie in 2 .. {hosts} (hosts), got {g}")
+    require(hosts % g == 0, "traffic.group_size", f"must divide the {hosts} hosts, got {g}")
+    local_s, local_d = np.nonzero(~np.eye(g, dtype=bool))
+    base = (np.arange(hosts // g, dtype=np.int64) * g)[:, None]
+    return (base + local_s).ravel(), (base + local_d).ravel()
+
+
+def incast(hosts: int, fan_in: int, target: int, rng: np.random.Generator):
+    """``fan_in`` distinct random hosts (not the target) send to ``target``."""
+    require(0 <= target < hosts, "traffic.target", f"must lie in 0 .. {hosts - 1}, got {target}")
+    require(1 <= fan_in <= hosts - 1, "traffic.fan_in", f"must lie in 1 .. {hosts - 1}, got {fan_in}")
+    others = np.delete(np.arange(hosts, dtype=np.int64), target)
+    src = np.sort(rng.choice(others, size=fan_in, replace=False))
+    return src, np.full(fan_in, target, np.int64)
+
+
+def read_matrix(path, hosts: int) -> np.ndarray:
+    """A hosts x hosts matrix of bytes from ``.npy``, ``.csv`` (no header) or ``.parquet``
+    (one column per destination)."""
+    field = "traffic.file"
+    if not os.path.isfile(path):
+        raise ConfigError(field, f"file not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".npy":
+            m = np.load(path, allow_pickle=False)
+        elif ext == ".csv":
+            m = np.loadtxt(path, delimiter=",", ndmin=2)
+        elif ext == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            m = np.column_stack([table.column(i).to_numpy() for i in range(table.num_columns)])
+        else:
+            raise ConfigError(field, f"must be a .npy, .csv or .parquet file, got {path}")
+    except ConfigError:
+        raise
+    except Exception as exc:  # a malformed file of a supported kind
+        raise ConfigError(field, f"cannot read {path}: {exc}") from None
+    require(m.ndim == 2 and m.shape == (hosts, hosts), field,
+            f"matrix must be {hosts} x {hosts} (hosts x hosts), got shape {m.shape}")
+    require(np.issubdtype(m.dtype, np.number), field, f"matrix must hold numbers, got {m.dtype}")
+    require(bool(np.all(np.isfinite(m))) and bool(np.all(m >= 0)), field,
+            "matrix entries must be finite and >= 0 (bytes)")
+    return m
+
+
+def flow_sizes(n: int, size_bytes, size_min_bytes, size_max_bytes, rng: np.random.Generator):
+    """Constant sizes, or seeded uniform integers in [min, max]."""
+    if size_bytes is not None:
+        return np.full(n, int(size_bytes), np.int64)
+    return rng.integers(size_min_bytes, size_max_bytes + 1, size=n, dtype=np.int64)
+
+
+def from_config(traffic, hosts: int, base_dir: str = "."):
+    """``(src, dst, size_bytes, start_ps)`` for a :class:`fabricsim.config.TrafficConfig`."""
+    rng = np.random.default_rng(traffic.seed)
+    if traffic.pattern == "permutation":
+        src, dst = permutation(hosts, rng)
+    elif traffic.pattern == "all_to_all":
+        src, dst = all_to_all(hosts, traffic.group_size)
+    elif traffic.pattern == "incast":
+        src, dst = incast(hosts, traffic.fan_in if traffic.fan_in is not None else hosts - 1,
+                          traffic.target, rng)
+    else:
+        path = traffic.file if os.path.isabs(traffic.file) else os.path.join(base_dir, traffic.file)
+        m = read_matrix(path, hosts)
+        src, dst = np.nonzero((m > 0) & ~np.eye(hosts, dtype=bool))
+        sizes = np.round(m[src, dst]).astype(np.int64)
+        start = np.full(src.shape[0], int(round(traffic.start_us * 1e6)), np.int64)
+        return src.astype(np.int64), dst.astype(np.int64), sizes, start
+    sizes = flow_sizes(src.shape[0], traffic.size_bytes, traffic.size_min_bytes,
+                       traffic.size_max_bytes, rng)
+    start = np.full(src.shape[0], int(round(traffic.start_us * 1e6)), np.int64)
+    return src, dst, sizes, start
