@@ -315,16 +315,24 @@ def _upper_component(st, n_set, theta):
 
 
 @njit
+def _settle_and_mark(st, n_set, now):
+    """Settle the flows ``set_buf[:n_set]`` at ``now`` and mark (``link_buf``) the links they
+    cross; returns the number of marked links."""
+    n_marked = 0
+    for a in range(n_set):
+        f = st.set_buf[a]
+        _settle_flow(st.rem_bytes, st.rate_bps, st.t_upd_ps, f, now)
+        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
+            n_marked = _push_unique(st.link_mark, st.link_buf, st.route_links[p], n_marked)
+    return n_marked
+
+
+@njit
 def _solve_set(st, n_set, now):
     """Re-solve the flows in ``set_buf[:n_set]`` on the capacity the other active flows leave,
     refresh the links they cross and their predicted finishes, and empty the set."""
     flows = st.set_buf[:n_set]
-    n_marked = 0
-    for a in range(n_set):
-        f = flows[a]
-        _settle_flow(st.rem_bytes, st.rate_bps, st.t_upd_ps, f, now)
-        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
-            n_marked = _push_unique(st.link_mark, st.link_buf, st.route_links[p], n_marked)
+    n_marked = _settle_and_mark(st, n_set, now)
     for m in range(n_marked):
         l = st.link_buf[m]
         other = 0.0
@@ -398,12 +406,7 @@ def _local_solve(st, n_set, now):
     link's top rate until that re-solve; that only makes certificates stricter.
     """
     flows = st.set_buf[:n_set]
-    n_marked = 0
-    for a in range(n_set):
-        f = flows[a]
-        _settle_flow(st.rem_bytes, st.rate_bps, st.t_upd_ps, f, now)
-        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
-            n_marked = _push_unique(st.link_mark, st.link_buf, st.route_links[p], n_marked)
+    n_marked = _settle_and_mark(st, n_set, now)
     for m in range(n_marked):
         l = st.link_buf[m]
         st.link_mark[l] = False

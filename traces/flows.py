@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fabricsim.traces.schema import metadata
+from fabricsim.traces.schema import Closeable, metadata
 
 __all__ = ["FLOW_SCHEMA", "FlowTraceWriter", "read_flow_trace", "to_parquet", "PATH_KIND_NAMES"]
 
@@ -44,7 +44,7 @@ FLOW_SCHEMA = pa.schema([
 ])
 
 
-class FlowTraceWriter:
+class FlowTraceWriter(Closeable):
     """Streams flow records to ``path`` (Arrow IPC stream), flushing after every batch."""
 
     def __init__(self, path, scenario: dict | None = None):
@@ -70,12 +70,6 @@ class FlowTraceWriter:
             self._writer.close()
             self._file.close()
             self._file = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def read_flow_trace(path) -> pa.Table:

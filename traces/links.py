@@ -27,12 +27,12 @@ import os
 import h5py
 import numpy as np
 
-from fabricsim.traces.schema import metadata, read_metadata
+from fabricsim.traces.schema import Closeable, metadata, read_metadata
 
 __all__ = ["LinkTraceWriter", "read_link_trace"]
 
 
-class LinkTraceWriter:
+class LinkTraceWriter(Closeable):
     """Buffers per-link samples and appends them to ``path`` every ``batch`` samples."""
 
     def __init__(self, path, link_src, link_dst, link_kind, capacity_bps, scenario: dict | None = None,
@@ -84,12 +84,6 @@ class LinkTraceWriter:
             self.flush()
             self._file.close()
             self._file = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def read_link_trace(path) -> dict:

@@ -8,11 +8,12 @@ import numpy as np
 
 from fabricsim.traces.flows import FlowTraceWriter
 from fabricsim.traces.links import LinkTraceWriter
+from fabricsim.traces.schema import Closeable
 
 __all__ = ["RunTrace"]
 
 
-class RunTrace:
+class RunTrace(Closeable):
     """Trace sinks of one run in ``out_dir``.
 
     ``flows.arrows`` always; ``links.h5`` (per-link utilization) when ``sample_ps`` is given, one
@@ -52,9 +53,3 @@ class RunTrace:
         self.flows.close()
         if self.links is not None:
             self.links.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -48,3 +48,16 @@ def read_metadata(meta) -> dict:
     scenario = get(SCENARIO_KEY)
     return {"schema_version": int(version) if version is not None else None,
             "scenario": json.loads(scenario) if scenario else {}}
+
+
+class Closeable:
+    """Context-manager support for writers: ``with Writer(...) as w:`` closes ``w`` on exit."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
