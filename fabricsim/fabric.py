@@ -58,6 +58,8 @@ PATH_KINDS = ("nvlink", "tor", "pod", "core")
 
 #: The released MixNet simulator's intra-server bandwidth: 600 GiB/s per GPU, in Gbit/s.
 NVLINK_DEFAULT_GBPS = 600 * 2**30 * 8 / 1e9
+#: Largest fat-tree radix the builder picks by itself.
+_MAX_K = 256
 #: Per-link propagation delay of the paper's simulations: 1 µs.
 LINK_DELAY_DEFAULT_PS = 1_000_000
 
@@ -339,7 +341,7 @@ def _build_clos(name, params, *, n_hosts, host_is_gpu, gpus_per_server, host_edg
     return Fabric(name=name, nodes=nodes, links=links, hosts=hosts, routing=routing, params=params)
 
 
-def _check_common(link_gbps, host, gpus_per_server, nvlink_gbps, link_delay_ps):
+def _check_common(link_gbps, host, gpus_per_server, nvlink_gbps, link_delay_ps, nvlink_delay_ps):
     require(isinstance(link_gbps, (int, float)) and not isinstance(link_gbps, bool)
             and math.isfinite(link_gbps) and link_gbps > 0,
             "fabric.link_gbps", f"must be a number > 0, got {link_gbps!r}")
@@ -353,6 +355,8 @@ def _check_common(link_gbps, host, gpus_per_server, nvlink_gbps, link_delay_ps):
             "fabric.nvlink_gbps", f"must be a number > 0, got {nvlink_gbps!r}")
     require(isinstance(link_delay_ps, (int, np.integer)) and link_delay_ps >= 0, "fabric.link_delay_ps",
             f"must be an integer >= 0 (picoseconds), got {link_delay_ps!r}")
+    require(isinstance(nvlink_delay_ps, (int, np.integer)) and nvlink_delay_ps >= 0,
+            "fabric.nvlink_delay_ps", f"must be an integer >= 0 (picoseconds), got {nvlink_delay_ps!r}")
     return float(nvlink_gbps)
 
 
@@ -387,7 +391,8 @@ def fat_tree(hosts: int, link_gbps: float, *, k: int | None = None, oversubscrip
     600 GiB/s as the released MixNet simulator; the paper's text says 900 GB/s). ``host="server"``:
     hosts are servers with one aggregated link at ``link_gbps`` (MixNet's electrical side).
     """
-    nvlink_gbps = _check_common(link_gbps, host, gpus_per_server, nvlink_gbps, link_delay_ps)
+    nvlink_gbps = _check_common(link_gbps, host, gpus_per_server, nvlink_gbps, link_delay_ps,
+                                nvlink_delay_ps)
     hosts = _check_int(hosts, "fabric.hosts", 2)
     require(isinstance(oversubscription, (int, float)) and not isinstance(oversubscription, bool)
             and math.isfinite(oversubscription) and oversubscription >= 1,
@@ -409,13 +414,13 @@ def fat_tree(hosts: int, link_gbps: float, *, k: int | None = None, oversubscrip
         return int(round(d)) if abs(d - round(d)) < 1e-9 and round(d) < kk else None
 
     if k is None:
-        kk = 4
-        while True:
-            d = down_ports(kk)
-            if d is not None and d * kk * kk // 2 >= hosts:
-                break
-            kk += 2
-        k = kk
+        k = next((kk for kk in range(4, _MAX_K + 1, 2)
+                  if down_ports(kk) is not None and down_ports(kk) * kk * kk // 2 >= hosts), None)
+        if k is None:
+            raise ConfigError("fabric.oversubscription" if by_ports else "fabric.hosts",
+                              f"no even k <= {_MAX_K} fits {hosts} hosts at {r:g}:1 (ports build: "
+                              "k*r/(r+1) must be a whole number); use a ratio such as 2 or 3, the "
+                              "'speed' build, or give k")
     else:
         require(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 4 and k % 2 == 0,
                 "fabric.k", f"must be an even integer >= 4, got {k!r}")
@@ -458,7 +463,8 @@ def rail_optimized(servers: int, link_gbps: float, gpus_per_server: int = 8, *,
     GPU ``r`` of ``servers_per_leaf`` servers and has as many uplinks, spread evenly over ``spines``
     spine switches (``servers_per_leaf / spines`` parallel links to each).
     """
-    nvlink_gbps = _check_common(link_gbps, "gpu", gpus_per_server, nvlink_gbps, link_delay_ps)
+    nvlink_gbps = _check_common(link_gbps, "gpu", gpus_per_server, nvlink_gbps, link_delay_ps,
+                                nvlink_delay_ps)
     servers = _check_int(servers, "fabric.servers", 1)
     require(build in ("fat-tree", "superpod"), "fabric.build",
             f"must be 'fat-tree' or 'superpod', got {build!r}")
@@ -471,6 +477,9 @@ def rail_optimized(servers: int, link_gbps: float, gpus_per_server: int = 8, *,
                   link_delay_ps=int(link_delay_ps), nvlink_delay_ps=int(nvlink_delay_ps))
     if build == "fat-tree":
         require(n_hosts >= 2, "fabric.servers", "need at least 2 GPUs in total")
+        require(servers <= 2 * g * g, "fabric.servers",
+                f"the fat-tree build (k = {2 * g}) holds at most {2 * g * g} servers of {g} GPUs, "
+                f"got {servers}; use build = 'superpod' for more")
         k = 2 * g
         host_edge = (server // g) * g + rank  # pod = server // G, edge in pod = rank
         edges_per_pod, aggs_per_pod, par, core_up = g, g, 1, g
