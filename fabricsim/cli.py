@@ -188,6 +188,10 @@ def main(argv=None) -> int:
     except FabricsimError as exc:
         print(f"fabricsim: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. --out names a file, or a directory that cannot be written
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fabricsim: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("fabricsim: interrupted", file=sys.stderr)
         return 130

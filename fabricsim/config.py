@@ -215,7 +215,7 @@ def load_scenario(path) -> Scenario:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("scenario", f"{path} is not valid TOML: {exc}") from None
     name = os.path.splitext(os.path.basename(path))[0]
     return Scenario.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)), name=name)

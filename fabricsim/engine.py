@@ -16,7 +16,7 @@ import numpy as np
 from fabricsim.errors import ConfigError
 from fabricsim.kernels import flowsim
 
-__all__ = ["EngineOutput", "CapacityEvents", "run_flow_engine", "as_capacity_events",
+__all__ = ["EngineOutput", "CapacityEvents", "run_flow_engine", "run_packet_engine", "as_capacity_events",
            "DEFAULT_TOLERANCE"]
 
 #: Default staleness bound of the flow engine (see :func:`fabricsim.kernels.flowsim.advance`).
@@ -84,6 +84,7 @@ class EngineOutput:
     status: str
     end_ps: int
     stats: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
 
 def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
@@ -144,3 +145,78 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
 def _next_time(st) -> int:
     """Time of the state's next event (INF when none)."""
     return int(flowsim.next_event_time(st))
+
+
+def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_ps, size_bytes,
+                      start_ps, events: CapacityEvents, *, params=None, until_ps: int | None = None,
+                      on_flows: Callable | None = None, on_links: Callable | None = None,
+                      sample_ps: int | None = None,
+                      progress: Callable[[int, int, int], None] | None = None) -> EngineOutput:
+    """Run the packet-level engine (:mod:`fabricsim.kernels.packetsim`) on validated arrays.
+
+    ``reverse_link int64[L]`` gives each link's opposite direction (ACK paths). ``on_links``
+    receives, every ``sample_ps``, the queue length in bytes of every link at that instant.
+    ``stats`` of the output holds the run's counters and ``extra`` the per-flow and per-link
+    packet counters.
+    """
+    from fabricsim.kernels import packetsim
+
+    params = packetsim.PacketParams() if params is None else params
+    ack_links = _reverse_routes(route_ptr, route_links, reverse_link)
+    st = packetsim.new_state(route_ptr, route_links, ack_links, start_ps, size_bytes,
+                             np.ascontiguousarray(capacity_bps, dtype=np.float64),
+                             np.ascontiguousarray(delay_ps, dtype=np.int64),
+                             events.time_ps, events.link, events.capacity_bps, params)
+    n_flows = route_ptr.shape[0] - 1
+    horizon = packetsim.INF_PS if until_ps is None else int(until_ps)
+    sampling = on_links is not None and sample_ps
+    next_sample = int(sample_ps) if sampling else packetsim.INF_PS
+    n_reported = 0
+    grows = 0
+    t0 = time.perf_counter()
+    while True:
+        code = packetsim.advance(st, min(horizon, next_sample), _SLICE_EVENTS * 25)
+        n_done = int(st.clock[packetsim.C_N_DONE])
+        if on_flows is not None and n_done > n_reported:
+            ids = st.done_order[n_reported:n_done].copy()
+            on_flows(ids, st.finish_ps[ids])
+        n_reported = n_done
+        if progress is not None:
+            progress(n_done, n_flows, int(st.clock[packetsim.C_NOW]))
+        if code == packetsim.GROW:
+            st = packetsim.grow(st)
+            grows += 1
+            continue
+        if code == packetsim.PAUSED:
+            nxt = int(st.h_time[0])
+            if sampling and nxt > next_sample:
+                on_links(next_sample, st.q_bytes.copy())
+                next_sample += int(sample_ps)
+                continue
+            if nxt <= horizon:
+                continue
+        break
+    status = {packetsim.DONE: "done", packetsim.DEADLOCK: "deadlock", packetsim.PAUSED: "horizon"}[code]
+    end_ps = int(st.clock[packetsim.C_NOW]) if code != packetsim.PAUSED else horizon
+    wall = time.perf_counter() - t0
+    c = st.clock
+    stats = dict(events=int(c[packetsim.C_EVENTS]), data_link_hops=int(c[packetsim.C_DATA_HOPS]),
+                 all_link_hops=int(c[packetsim.C_ALL_HOPS]), peak_packets=int(c[packetsim.C_PEAK_PKTS]),
+                 pool_grows=grows, wall_s=wall, retransmissions=int(st.f_retx.sum()),
+                 ecn_marks=int(st.l_marks.sum()), drops=int(st.l_drops.sum()),
+                 peak_queue_bytes=int(st.l_peak_bytes.max()) if st.l_peak_bytes.size else 0)
+    extra = dict(flow_data_pkts=st.f_sent.copy(), flow_retx=st.f_retx.copy(),
+                 flow_marks=st.f_marks.copy(), flow_drops=st.f_drops.copy(),
+                 link_data_pkts=st.l_data.copy(), link_retx=st.l_retx.copy(),
+                 link_acks=st.l_acks.copy(), link_marks=st.l_marks.copy(),
+                 link_drops=st.l_drops.copy(), link_peak_queue_bytes=st.l_peak_bytes.copy())
+    return EngineOutput(st.finish_ps.copy(), st.l_bytes.astype(np.float64), status, end_ps, stats, extra)
+
+
+def _reverse_routes(route_ptr, route_links, reverse_link):
+    """CSR of every route's reverse path (reverse links in reverse order), same ``route_ptr``."""
+    lengths = np.diff(route_ptr)
+    flow = np.repeat(np.arange(lengths.shape[0]), lengths)
+    pos = np.arange(route_links.shape[0]) - route_ptr[flow]
+    mirrored = route_ptr[flow] + lengths[flow] - 1 - pos
+    return np.ascontiguousarray(reverse_link[route_links[mirrored]], dtype=np.int64)

@@ -82,6 +82,7 @@ class Links(NamedTuple):
     capacity_bps: np.ndarray  # float64 nominal capacity (run-time capacity is separate state)
     delay_ps: np.ndarray  # int64 propagation delay
     kind: np.ndarray  # int8, index into LINK_KINDS
+    reverse: np.ndarray  # int64, the link in the opposite direction (its duplex twin)
 
 
 class ClosRouting(NamedTuple):
@@ -250,7 +251,7 @@ class _Builder:
         self.rail.append(rail)
         return len(self.kind) - 1
 
-    def link(self, a, b, capacity_bps, delay_ps, kind) -> int:
+    def _link(self, a, b, capacity_bps, delay_ps, kind) -> int:
         self.src.append(a)
         self.dst.append(b)
         self.cap.append(capacity_bps)
@@ -259,16 +260,18 @@ class _Builder:
         return len(self.src) - 1
 
     def duplex(self, a, b, capacity_bps, delay_ps, kind) -> tuple[int, int]:
-        """Two directed links a->b and b->a; returns their ids (up, down)."""
-        return self.link(a, b, capacity_bps, delay_ps, kind), self.link(b, a, capacity_bps, delay_ps, kind)
+        """Two directed links a->b and b->a with ids 2i and 2i + 1 (so ``reverse = id ^ 1``);
+        returns their ids (up, down). Every link is built this way."""
+        return self._link(a, b, capacity_bps, delay_ps, kind), self._link(b, a, capacity_bps, delay_ps, kind)
 
     def freeze(self):
         nodes = Nodes(np.array(self.kind, np.int8), np.array(self.tier, np.int8),
                       np.array(self.server, np.int64), np.array(self.pod, np.int64),
                       np.array(self.rail, np.int64))
+        ids = np.arange(len(self.src), dtype=np.int64)
         links = Links(np.array(self.src, np.int64), np.array(self.dst, np.int64),
                       np.array(self.cap, np.float64), np.array(self.delay, np.int64),
-                      np.array(self.lkind, np.int8))
+                      np.array(self.lkind, np.int8), ids ^ 1)
         return nodes, links
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fabricsim.engine import DEFAULT_TOLERANCE, as_capacity_events, run_flow_engine
+from fabricsim.engine import DEFAULT_TOLERANCE, as_capacity_events, run_flow_engine, run_packet_engine
 from fabricsim.errors import ConfigError, require
 from fabricsim.fabric import PATH_KINDS, Fabric, Routes
 
@@ -36,6 +36,7 @@ class FlowResult:
     status: str
     end_ps: int
     stats: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
     @property
     def fct_ps(self) -> np.ndarray:
@@ -80,7 +81,7 @@ def _int_array(values, name, n, minimum=0):
 def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engine: str = "flow",
                    seed: int = 0, capacity_events=None, trace=None,
                    tolerance: float = DEFAULT_TOLERANCE, until_ps: int | None = None,
-                   progress=None, scenario: dict | None = None) -> FlowResult:
+                   progress=None, scenario: dict | None = None, packet_params=None) -> FlowResult:
     """Simulate flows ``src[i] -> dst[i]`` of ``size_bytes[i]`` starting at ``start_ps[i]``.
 
     Parameters
@@ -94,7 +95,8 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
     start_ps : int array [F] or scalar, optional
         Arrival times in picoseconds (default 0).
     engine : str
-        ``"flow"``: the fluid, max-min fair engine (the packet engine is a later addition).
+        ``"flow"``: the fluid, max-min fair engine; ``"packet"``: the packet-level engine (queues,
+        pipes, DCTCP; see :mod:`fabricsim.kernels.packetsim`).
     seed : int
         Seed of the ECMP path choice.
     capacity_events : optional
@@ -111,6 +113,8 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
         ``progress(done, total, now_ps)``, called as the run goes.
     scenario : dict, optional
         The resolved scenario to record in the trace metadata.
+    packet_params : fabricsim.kernels.packetsim.PacketParams, optional
+        Packet engine constants (MTU, buffer, ECN threshold, windows, RTO).
     """
     require(isinstance(fabric, Fabric), "fabric", f"must be a fabricsim Fabric, got {type(fabric).__name__}")
     require(engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -136,10 +140,19 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
                 sink.write_flows(ids, src_a[ids], dst_a[ids], size[ids], start[ids], finish,
                                  routes.path_kind[ids])
             if sink.sample_ps:
-                on_links, sample_ps = sink.write_link_sample, sink.sample_ps
-        out = run_flow_engine(routes.route_ptr, routes.route_links, fabric.link_state(), size, start,
-                              events, tolerance=tolerance, until_ps=until_ps, on_flows=on_flows,
-                              on_links=on_links, sample_ps=sample_ps, progress=progress)
+                sample_ps = sink.sample_ps
+                on_links = sink.write_link_sample if engine == "flow" else sink.write_queue_sample
+        if engine == "flow":
+            out = run_flow_engine(routes.route_ptr, routes.route_links, fabric.link_state(), size,
+                                  start, events, tolerance=tolerance, until_ps=until_ps,
+                                  on_flows=on_flows, on_links=on_links, sample_ps=sample_ps,
+                                  progress=progress)
+        else:
+            links = fabric.links
+            out = run_packet_engine(routes.route_ptr, routes.route_links, links.reverse,
+                                    fabric.link_state(), links.delay_ps, size, start, events,
+                                    params=packet_params, until_ps=until_ps, on_flows=on_flows,
+                                    on_links=on_links, sample_ps=sample_ps, progress=progress)
         if sink is not None:
             unfinished = np.flatnonzero(out.finish_ps < 0)
             if unfinished.size:
@@ -148,7 +161,7 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
         if sink is not None and not isinstance(trace, _trace_type()):
             sink.close()
     return FlowResult(src_a, dst_a, size, start, out.finish_ps, out.link_bytes, routes, engine,
-                      out.status, out.end_ps, out.stats)
+                      out.status, out.end_ps, out.stats, out.extra)
 
 
 def _trace_type():

@@ -26,8 +26,13 @@ def permutation(hosts: int, rng: np.random.Generator):
     """A random derangement: host i sends to perm[i] != i."""
     require(hosts >= 2, "traffic.pattern", "permutation needs at least 2 hosts")
     perm = rng.permutation(hosts)
-    # Fix points are swapped with a neighbour in the cycle order: the result stays a permutation.
-    for i in np.flatnonzero(perm == np.arange(hosts)):
+    # Repair fixed points; the result stays a permutation. Two or more: cycle them among
+    # themselves. Exactly one (i): swap with a neighbour j, which is not fixed and not sent to i.
+    fixed = np.flatnonzero(perm == np.arange(hosts))
+    if fixed.size >= 2:
+        perm[fixed] = np.roll(fixed, -1)
+    elif fixed.size == 1:
+        i = fixed[0]
         j = (i + 1) % hosts
         perm[i], perm[j] = perm[j], perm[i]
     src = np.arange(hosts, dtype=np.int64)

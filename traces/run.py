@@ -16,8 +16,9 @@ __all__ = ["RunTrace"]
 class RunTrace(Closeable):
     """Trace sinks of one run in ``out_dir``.
 
-    ``flows.arrows`` always; ``links.h5`` (per-link utilization) when ``sample_ps`` is given, one
-    sample per ``sample_ps`` of simulated time. ``fabric`` supplies the link arrays.
+    ``flows.arrows`` always; ``links.h5`` when ``sample_ps`` is given, one sample per ``sample_ps``
+    of simulated time: per-link utilization (flow engine) or queue lengths (packet engine).
+    ``fabric`` supplies the link arrays.
     """
 
     def __init__(self, out_dir, *, fabric, scenario: dict | None = None, sample_ps: int | None = None):
@@ -30,12 +31,17 @@ class RunTrace(Closeable):
         self.links_path = os.path.join(self.out_dir, "links.h5") if self.sample_ps else None
         self.flows = FlowTraceWriter(self.flows_path, scenario)
         self._capacity = fabric.links.capacity_bps
+        self._fabric_links = fabric.links
+        self._scenario = scenario
         self._last_sample_ps = None
         self.links = None
-        if self.sample_ps:
-            links = fabric.links
+
+    def _links_writer(self, series: str) -> LinkTraceWriter:
+        if self.links is None:
+            links = self._fabric_links
             self.links = LinkTraceWriter(self.links_path, links.src, links.dst, links.kind,
-                                         links.capacity_bps, scenario)
+                                         links.capacity_bps, self._scenario, series=series)
+        return self.links
 
     def write_flows(self, flow_id, src, dst, size_bytes, start_ps, finish_ps, path_kind) -> None:
         self.flows.write(flow_id, src, dst, size_bytes, start_ps, finish_ps, path_kind)
@@ -46,8 +52,12 @@ class RunTrace(Closeable):
         interval_s = max(time_ps - start, 1) * 1e-12
         with np.errstate(divide="ignore", invalid="ignore"):
             util = np.where(self._capacity > 0, bytes_in_interval * 8.0 / (self._capacity * interval_s), 0.0)
-        self.links.write(time_ps, util)
+        self._links_writer("utilization").write(time_ps, util)
         self._last_sample_ps = time_ps
+
+    def write_queue_sample(self, time_ps: int, queue_bytes) -> None:
+        """Record every link's queue length (bytes) at ``time_ps``."""
+        self._links_writer("queue_bytes").write(time_ps, queue_bytes)
 
     def close(self) -> None:
         self.flows.close()
