@@ -179,7 +179,7 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
         n_done = int(st.clock[packetsim.C_N_DONE])
         if on_flows is not None and n_done > n_reported:
             ids = st.done_order[n_reported:n_done].copy()
-            on_flows(ids, st.finish_ps[ids])
+            on_flows(ids, st.fi[ids, packetsim.F_FINISH])
         n_reported = n_done
         if progress is not None:
             progress(n_done, n_flows, int(st.clock[packetsim.C_NOW]))
@@ -188,9 +188,9 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
             grows += 1
             continue
         if code == packetsim.PAUSED:
-            nxt = int(st.h_time[0])
+            nxt = int(packetsim.next_event_time(st))
             if sampling and nxt > next_sample:
-                on_links(next_sample, st.q_bytes.copy())
+                on_links(next_sample, st.lk[:, packetsim.L_QBYTES].copy())
                 next_sample += int(sample_ps)
                 continue
             if nxt <= horizon:
@@ -200,17 +200,20 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
     end_ps = int(st.clock[packetsim.C_NOW]) if code != packetsim.PAUSED else horizon
     wall = time.perf_counter() - t0
     c = st.clock
+    fi, lk = st.fi, st.lk
     stats = dict(events=int(c[packetsim.C_EVENTS]), data_link_hops=int(c[packetsim.C_DATA_HOPS]),
                  all_link_hops=int(c[packetsim.C_ALL_HOPS]), peak_packets=int(c[packetsim.C_PEAK_PKTS]),
-                 pool_grows=grows, wall_s=wall, retransmissions=int(st.f_retx.sum()),
-                 ecn_marks=int(st.l_marks.sum()), drops=int(st.l_drops.sum()),
-                 peak_queue_bytes=int(st.l_peak_bytes.max()) if st.l_peak_bytes.size else 0)
-    extra = dict(flow_data_pkts=st.f_sent.copy(), flow_retx=st.f_retx.copy(),
-                 flow_marks=st.f_marks.copy(), flow_drops=st.f_drops.copy(),
-                 link_data_pkts=st.l_data.copy(), link_retx=st.l_retx.copy(),
-                 link_acks=st.l_acks.copy(), link_marks=st.l_marks.copy(),
-                 link_drops=st.l_drops.copy(), link_peak_queue_bytes=st.l_peak_bytes.copy())
-    return EngineOutput(st.finish_ps.copy(), st.l_bytes.astype(np.float64), status, end_ps, stats, extra)
+                 pool_grows=grows, wall_s=wall, retransmissions=int(fi[:, packetsim.F_RETX].sum()),
+                 ecn_marks=int(lk[:, packetsim.L_MARKS].sum()), drops=int(lk[:, packetsim.L_DROPS].sum()),
+                 peak_queue_bytes=int(lk[:, packetsim.L_PEAK].max()) if lk.shape[0] else 0)
+    extra = dict(flow_data_pkts=fi[:, packetsim.F_SENT].copy(), flow_retx=fi[:, packetsim.F_RETX].copy(),
+                 flow_marks=fi[:, packetsim.F_MARKS].copy(), flow_drops=fi[:, packetsim.F_DROPS].copy(),
+                 link_data_pkts=lk[:, packetsim.L_DATA].copy(), link_retx=lk[:, packetsim.L_RETX].copy(),
+                 link_acks=lk[:, packetsim.L_ACKS].copy(), link_marks=lk[:, packetsim.L_MARKS].copy(),
+                 link_drops=lk[:, packetsim.L_DROPS].copy(),
+                 link_peak_queue_bytes=lk[:, packetsim.L_PEAK].copy())
+    return EngineOutput(fi[:, packetsim.F_FINISH].copy(), lk[:, packetsim.L_BYTES].astype(np.float64),
+                        status, end_ps, stats, extra)
 
 
 def _reverse_routes(route_ptr, route_links, reverse_link):

@@ -13,7 +13,7 @@ from fabricsim.fabric import PATH_KINDS, Fabric, Routes
 
 __all__ = ["FlowResult", "simulate_flows", "ENGINES"]
 
-ENGINES = ("flow",)
+ENGINES = ("flow", "packet")
 
 
 @dataclass

@@ -1,0 +1,722 @@
+"""Packet-level discrete-event engine: queues, pipes and DCTCP, compiled with Numba.
+
+The model (every constant is a parameter; defaults are the released MixNet simulator's):
+
+Time is int64 picoseconds. Events run in ``(time, seq)`` order, ``seq`` being a global counter
+taken when an event is scheduled (flow starts take seq = flow id and capacity events seq =
+F + their index, before anything else), so events at equal times run in the order they were
+scheduled and every run is deterministic.
+
+The event list is not one heap but one queue per kind of event, merged by taking the earliest
+head, so that the common events cost O(1) or O(log L) instead of O(log packets in flight):
+packet arrivals are FIFOs, one per distinct link delay (``now + delay`` is non-decreasing, so each
+FIFO is sorted); serialization ends (at most one per link) and retransmission timers (at most one
+per flow) are small binary heaps; flow starts and capacity events are pre-sorted arrays; SEND
+continuations (at the current time) are a FIFO.
+
+Packets. A data packet of flow ``f`` with sequence number ``s`` (0-based, in packets) carries
+``min(mss, size - s*mss)`` payload bytes plus ``hdr`` header bytes (``mss = mtu - hdr``; defaults
+mtu 9000 B, hdr 64 B); an ACK is ``hdr`` bytes. Data packets follow the flow's route; ACKs follow
+the reverse links in reverse order. Packets live in a preallocated pool with a free list.
+
+Links. Each directed link is an output queue (FIFO) plus a pipe. ``q_bytes`` counts every queued
+packet including the one being serialized. On arrival at link ``l`` a packet is dropped when
+``q_bytes + size > buffer_bytes`` (drop-tail); otherwise a *data* packet is ECN-marked (CE) when
+``q_bytes > ecn_k_bytes`` before it joins (``ecn_k_bytes = K * mtu``, K = 50 by default), and it is
+appended. An idle link with capacity > 0 starts serializing its head packet at once; serializing
+``b`` bytes at ``c`` bit/s takes ``ceil(b * 8e12 / c)`` ps. When it ends (event TX_DONE) the packet
+leaves the queue and arrives at the next hop (or its destination) ``delay_ps`` later (event
+ARRIVE), and the next queued packet starts. A capacity change applies to serializations that
+start after it; a link at capacity 0 starts none, so its packets wait until it comes back.
+
+Flows. At ``start_ps`` (event START) a flow whose route crosses a link of capacity 0 waits until
+every link of its route is up again (the released simulator's rule for circuits being
+reconfigured); otherwise it starts: a flow of 0 bytes finishes at once, any other one sends.
+
+Receiver. On a data packet: mark it received, advance the cumulative ``cum`` over received
+packets, and send an ACK carrying ``ackno = cum``, ECN-echo = the packet's CE bit and the packet's
+send timestamp. The flow *finishes* when its receiver holds every packet (``finish_ps``).
+
+Sender (DCTCP over NewReno-style TCP, window in bytes, float64):
+
+- ``send``: while ``next_seq < n_pkts`` and ``(next_seq - acked + 1) * mss <= cwnd``, send packet
+  ``next_seq`` and advance it (at most ``burst`` packets per call; the rest continue in a SEND event
+  at the same time). A packet below the highest sequence ever sent counts as a retransmission.
+  Sending arms the retransmission timer if it is not armed.
+- ``cwnd`` starts at ``init_cwnd_pkts * mss``, ``ssthresh`` at ``ssthresh_pkts * mss``.
+- On an ACK (``ackno``, ``ece``, ``ts``) the packet is freed; if every packet of the flow is
+  already acked nothing else happens; otherwise:
+
+  1. RTT sample ``r = now - ts`` (float); first sample (``srtt == 0``): ``srtt = r``,
+     ``rttvar = r / 2``; later: ``rttvar = 0.75 rttvar + 0.25 |srtt - r|``, then
+     ``srtt = 0.875 srtt + 0.125 r``; ``rto = max(min_rto, int(srtt + 4 rttvar))`` (truncated).
+  2. DCTCP: ``seen += 1``; if ``ece``: ``marked += 1`` and, if ``ssthresh > cwnd``,
+     ``ssthresh = cwnd``. When ``seen * mss >= cwnd`` (one window of ACKs):
+     ``alpha = (1 - g) alpha + g marked / seen`` (g = 1/16); if ``marked > 0``:
+     ``cwnd = max(cwnd (1 - alpha / 2), mss)`` and ``ssthresh = cwnd`` (one cut per window); then
+     ``seen = marked = 0``.
+  3. TCP. New data (``ackno > acked``): in recovery, ``ackno >= recover`` ends it
+     (``cwnd = ssthresh``) and a smaller one (partial ACK) retransmits packet ``ackno``; outside
+     recovery, ``cwnd += mss`` if ``cwnd < ssthresh``, else ``cwnd += mss * mss / cwnd``. Then
+     ``dupacks = 0``, ``acked = ackno``, ``next_seq = max(next_seq, acked)`` and the timer deadline
+     becomes ``now + rto``. Duplicate (``ackno == acked < next_seq``): ``dupacks += 1``; in
+     recovery ``cwnd += mss``; otherwise the third one sets ``ssthresh = max(cwnd / 2, 2 mss)``,
+     ``cwnd = ssthresh + 3 mss``, enters recovery with ``recover = next_seq`` and retransmits
+     packet ``acked``. Any other ACK changes nothing here.
+  4. ``send``.
+- Timer (one pending TIMER event per flow at most): when it fires and every packet is acked, it
+  disarms; when the deadline moved later, it re-arms at the deadline (staying armed); otherwise it
+  is a timeout: it disarms, ``ssthresh = max(cwnd / 2, 2 mss)``, ``cwnd = mss``, recovery ends,
+  ``dupacks = 0``, ``next_seq = acked`` (go-back-N), then ``send`` (which re-arms it at
+  ``now + rto``).
+
+Scheduling order (it fixes ``seq``, hence the order of simultaneous events): sending a data packet
+first arms the timer (if unarmed) and then enqueues the packet (which may schedule its link's
+TX_DONE); a TX_DONE schedules the packet's ARRIVE and then the link's next TX_DONE; a receiver
+records the packet (possibly finishing the flow) and then enqueues the ACK; a capacity event that
+brings a link up first restarts its queue, then starts the waiting flows whose routes are all up,
+in the order they started waiting.
+
+Outputs: ``finish_ps`` per flow; per flow data packets sent, retransmissions, CE marks received and
+drops; per link data packets sent, retransmissions, ACKs, ECN marks, drops and peak queue bytes;
+``q_bytes`` can be sampled between calls of :func:`advance`.
+
+State layout (:class:`PacketState`), chosen by measurement: each entity's fields are one row of
+a 2-D int64 table (a packet's fields share a cache line), column indices named below, and the hot
+functions take the tables they touch as explicit arguments (Numba handles a few arrays far better
+than a tuple of dozens):
+
+- ``pk int64[cap, 8]`` packet pool, columns ``P_*``; free rows are chained through ``P_NEXT``
+- ``lk int64[L, 16]`` links, columns ``L_*``; ``lcap float64[L]`` their current capacity
+- ``fi int64[F, 32]`` flows, columns ``F_*``; ``ff float64[F, 8]`` window state, columns ``W_*``
+- ``got bool[P]`` receiver bitmap (``P = sum(n_pkts)``, indexed ``fi[f, F_BASE] + seq``)
+- ``route_links``/``ack_links int64[nnz]`` forward and reverse routes (row ``fi[f, F_ROUTE]``)
+- event queues: ``ar int64[C, cap, 3]`` arrival rings of (time, seq, packet) with ``ar_hc[C, 2]``
+  (head, count); ``tx int64[L, 3]`` and ``tm int64[F, 3]`` heaps of (time, seq, arg); ``sd
+  int64[F, 3]`` SEND ring; ``start_order int64[F]``; capacity events ``ev_*``
+- ``clock int64[24]`` scalars (``C_*``), ``params int64[8]`` and ``g float64[1]`` the constants
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from fabricsim._jit import njit
+
+__all__ = ["PacketState", "PacketParams", "new_state", "advance", "grow", "next_event_time", "DONE",
+           "PAUSED", "GROW", "DEADLOCK"]
+
+INF_PS = np.iinfo(np.int64).max
+
+# event kinds
+EV_ARRIVE, EV_TX_DONE, EV_START, EV_TIMER, EV_CAP, EV_SEND = 0, 1, 2, 3, 4, 5
+# advance() return codes
+DONE, PAUSED, GROW, DEADLOCK = 0, 1, 2, 3
+# clock[] indices
+C_NOW, C_SEQ, C_TX_SIZE, C_FREE_HEAD, C_N_FREE, C_N_DONE, C_EVENTS = 0, 1, 2, 3, 4, 5, 6
+C_N_WAITING, C_TM_SIZE, C_DATA_HOPS, C_ALL_HOPS, C_PEAK_PKTS = 7, 8, 9, 10, 11
+C_START_PTR, C_CAP_PTR, C_SD_HEAD, C_SD_COUNT = 12, 13, 14, 15
+# params[] indices
+K_MTU, K_HDR, K_BUFFER, K_ECN_K, K_INIT_CWND, K_SSTHRESH, K_MIN_RTO, K_BURST = range(8)
+# packet columns; flags
+P_FLOW, P_SEQ, P_SIZE, P_HOP, P_TS, P_NEXT, P_FLAGS = range(7)
+FL_ACK, FL_CE, FL_RETX = 1, 2, 4
+# link columns
+(L_HEAD, L_TAIL, L_QBYTES, L_BUSY, L_DATA, L_RETX, L_ACKS, L_MARKS, L_DROPS, L_PEAK, L_BYTES,
+ L_CLASS, L_DELAY) = range(13)
+# flow columns
+(F_STATUS, F_NEXT, F_HIGH, F_SENDQ, F_ACKED, F_CUM, F_SEEN, F_MARKED, F_DUP, F_INREC, F_RECOVER,
+ F_RTO, F_DEADLINE, F_ARMED, F_FINISH, F_SENT, F_RETX, F_MARKS, F_DROPS, F_NPKTS, F_BASE, F_START,
+ F_SIZE, F_ROUTE, F_HOPS) = range(25)
+# window columns
+W_CWND, W_SSTH, W_ALPHA, W_SRTT, W_RTTVAR = range(5)
+# flow status
+F_PENDING, F_WAITING, F_ACTIVE = 0, 1, 2
+
+
+class PacketParams(NamedTuple):
+    """Model constants (see the module docstring)."""
+
+    mtu_bytes: int = 9000
+    hdr_bytes: int = 64
+    buffer_pkts: int = 10_000
+    ecn_k_pkts: int = 50
+    init_cwnd_pkts: int = 10
+    ssthresh_pkts: int = 10_000
+    min_rto_ps: int = 1_000_000_000  # 1 ms
+    dctcp_g: float = 1.0 / 16.0
+    burst: int = 256
+
+
+class PacketState(NamedTuple):
+    pk: np.ndarray
+    lk: np.ndarray
+    lcap: np.ndarray
+    fi: np.ndarray
+    ff: np.ndarray
+    got: np.ndarray
+    route_links: np.ndarray
+    ack_links: np.ndarray
+    ar: np.ndarray
+    ar_hc: np.ndarray
+    tx: np.ndarray
+    tm: np.ndarray
+    sd: np.ndarray
+    start_order: np.ndarray
+    waiting: np.ndarray
+    done_order: np.ndarray
+    ev_time_ps: np.ndarray
+    ev_link: np.ndarray
+    ev_capacity_bps: np.ndarray
+    clock: np.ndarray
+    params: np.ndarray
+    g: np.ndarray
+
+
+def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_bps, delay_ps,
+              ev_time_ps, ev_link, ev_capacity_bps, params: PacketParams = PacketParams(),
+              pool_cap: int | None = None) -> PacketState:
+    """Allocate the engine state; ``ack_links`` is the reversed route in CSR form (same ptr)."""
+    n_flows = route_ptr.shape[0] - 1
+    n_links = capacity_bps.shape[0]
+    mss = params.mtu_bytes - params.hdr_bytes
+    if mss <= 0:
+        raise ValueError("packet_params: mtu_bytes must exceed hdr_bytes")
+    n_pkts = (size_bytes + mss - 1) // mss
+    base = np.zeros(n_flows + 1, np.int64)
+    np.cumsum(n_pkts, out=base[1:])
+    if pool_cap is None:
+        pool_cap = 4096 + 8 * params.burst
+    pool_cap = 1 << max(int(pool_cap) - 1, 1).bit_length()  # a power of two (arrival rings use masks)
+    delays, link_class = np.unique(delay_ps, return_inverse=True)
+    n_classes = max(1, delays.shape[0])
+    fi = np.zeros((n_flows, 32), np.int64)
+    fi[:, F_RTO] = params.min_rto_ps
+    fi[:, F_FINISH] = -1
+    fi[:, F_NPKTS] = n_pkts
+    fi[:, F_BASE] = base[:-1]
+    fi[:, F_START] = start_ps
+    fi[:, F_SIZE] = size_bytes
+    fi[:, F_ROUTE] = route_ptr[:-1]
+    fi[:, F_HOPS] = np.diff(route_ptr)
+    ff = np.zeros((n_flows, 8))
+    ff[:, W_CWND] = params.init_cwnd_pkts * mss
+    ff[:, W_SSTH] = params.ssthresh_pkts * mss
+    lk = np.zeros((n_links, 16), np.int64)
+    lk[:, L_HEAD] = -1
+    lk[:, L_TAIL] = -1
+    lk[:, L_CLASS] = link_class.reshape(-1)
+    lk[:, L_DELAY] = delay_ps
+    pk = np.zeros((pool_cap, 8), np.int64)
+    pk[:, P_NEXT] = np.append(np.arange(1, pool_cap, dtype=np.int64), -1)
+    p = np.array([params.mtu_bytes, params.hdr_bytes, params.buffer_pkts * params.mtu_bytes,
+                  params.ecn_k_pkts * params.mtu_bytes, params.init_cwnd_pkts * mss,
+                  params.ssthresh_pkts * mss, params.min_rto_ps, params.burst], np.int64)
+    clock = np.zeros(24, np.int64)
+    clock[C_SEQ] = n_flows + ev_time_ps.shape[0]
+    clock[C_N_FREE] = pool_cap
+    return PacketState(
+        pk=pk, lk=lk, lcap=capacity_bps.copy(), fi=fi, ff=ff, got=np.zeros(int(base[-1]), np.bool_),
+        route_links=route_links, ack_links=ack_links,
+        ar=np.zeros((n_classes, pool_cap, 3), np.int64), ar_hc=np.zeros((n_classes, 2), np.int64),
+        tx=np.zeros((n_links, 3), np.int64), tm=np.zeros((n_flows, 3), np.int64),
+        sd=np.zeros((n_flows, 3), np.int64),
+        start_order=np.lexsort((np.arange(n_flows), start_ps)).astype(np.int64),
+        waiting=np.empty(n_flows, np.int64), done_order=np.empty(n_flows, np.int64),
+        ev_time_ps=ev_time_ps, ev_link=ev_link, ev_capacity_bps=ev_capacity_bps,
+        clock=clock, params=p, g=np.array([params.dctcp_g]),
+    )
+
+
+def grow(st: PacketState) -> PacketState:
+    """A copy of ``st`` with twice the packet pool and arrival rings."""
+    old = st.pk.shape[0]
+    new = 2 * old
+    pk = np.zeros((new, 8), np.int64)
+    pk[:old] = st.pk
+    pk[old:, P_NEXT] = np.append(np.arange(old + 1, new, dtype=np.int64), st.clock[C_FREE_HEAD])
+    ar = np.zeros((st.ar.shape[0], new, 3), np.int64)
+    for c in range(st.ar.shape[0]):  # each ring laid out from its head
+        ar[c, :old] = np.roll(st.ar[c], -int(st.ar_hc[c, 0]), axis=0)
+    ar_hc = st.ar_hc.copy()
+    ar_hc[:, 0] = 0
+    clock = st.clock.copy()
+    clock[C_FREE_HEAD] = old
+    clock[C_N_FREE] += new - old
+    return st._replace(pk=pk, ar=ar, ar_hc=ar_hc, clock=clock)
+
+
+# ------------------------------------------------------------------------------------------
+# Event queues: every entry is (time, seq, arg); the earliest head of all queues runs next
+# ------------------------------------------------------------------------------------------
+
+@njit(inline="always")
+def _before(t1, s1, t2, s2):
+    return t1 < t2 or (t1 == t2 and s1 < s2)
+
+
+@njit(inline="always")
+def _take_seq(clock):
+    seq = clock[C_SEQ]
+    clock[C_SEQ] += 1
+    return seq
+
+
+@njit(inline="always")
+def _heap_push(h, size, t, seq, arg):
+    """Push (t, seq, arg) onto the binary heap ``h[:size]`` (rows of (time, seq, arg))."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if _before(t, seq, h[parent, 0], h[parent, 1]):
+            h[i, 0] = h[parent, 0]
+            h[i, 1] = h[parent, 1]
+            h[i, 2] = h[parent, 2]
+            i = parent
+        else:
+            break
+    h[i, 0] = t
+    h[i, 1] = seq
+    h[i, 2] = arg
+
+
+@njit(inline="always")
+def _heap_pop(h, size):
+    """Drop the top of the heap ``h[:size]`` (read it first)."""
+    n = size - 1
+    if n <= 0:
+        return
+    t, s, a = h[n, 0], h[n, 1], h[n, 2]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _before(h[c + 1, 0], h[c + 1, 1], h[c, 0], h[c, 1]):
+            c += 1
+        if _before(h[c, 0], h[c, 1], t, s):
+            h[i, 0] = h[c, 0]
+            h[i, 1] = h[c, 1]
+            h[i, 2] = h[c, 2]
+            i = c
+        else:
+            break
+    h[i, 0] = t
+    h[i, 1] = s
+    h[i, 2] = a
+
+
+@njit(inline="always")
+def _ring_push(ring, hc, t, seq, arg):
+    """Append (t, seq, arg) to the ring ``ring`` (power-of-two rows) whose (head, count) is ``hc``."""
+    i = (hc[0] + hc[1]) & (ring.shape[0] - 1)
+    ring[i, 0] = t
+    ring[i, 1] = seq
+    ring[i, 2] = arg
+    hc[1] += 1
+
+
+@njit(inline="always")
+def _ring_pop(ring, hc):
+    arg = ring[hc[0], 2]
+    hc[0] = (hc[0] + 1) & (ring.shape[0] - 1)
+    hc[1] -= 1
+    return arg
+
+
+@njit(inline="always")
+def _next_event(ar, ar_hc, tx, tm, sd, start_order, fi, ev_time_ps, clock):
+    """The earliest pending event: (time, kind, arrival class); kind -1 when none is left."""
+    best_t = INF_PS
+    best_s = INF_PS
+    kind = -1
+    src = 0
+    for c in range(ar_hc.shape[0]):
+        if ar_hc[c, 1]:
+            h = ar_hc[c, 0]
+            if _before(ar[c, h, 0], ar[c, h, 1], best_t, best_s):
+                best_t, best_s, kind, src = ar[c, h, 0], ar[c, h, 1], EV_ARRIVE, c
+    if clock[C_TX_SIZE] and _before(tx[0, 0], tx[0, 1], best_t, best_s):
+        best_t, best_s, kind = tx[0, 0], tx[0, 1], EV_TX_DONE
+    if clock[C_TM_SIZE] and _before(tm[0, 0], tm[0, 1], best_t, best_s):
+        best_t, best_s, kind = tm[0, 0], tm[0, 1], EV_TIMER
+    if clock[C_SD_COUNT]:
+        h = clock[C_SD_HEAD]
+        if _before(sd[h, 0], sd[h, 1], best_t, best_s):
+            best_t, best_s, kind = sd[h, 0], sd[h, 1], EV_SEND
+    if clock[C_START_PTR] < start_order.shape[0]:
+        f = start_order[clock[C_START_PTR]]
+        if _before(fi[f, F_START], f, best_t, best_s):
+            best_t, best_s, kind = fi[f, F_START], f, EV_START
+    if clock[C_CAP_PTR] < ev_time_ps.shape[0]:
+        e = clock[C_CAP_PTR]
+        seq = start_order.shape[0] + e
+        if _before(ev_time_ps[e], seq, best_t, best_s):
+            best_t, best_s, kind = ev_time_ps[e], seq, EV_CAP
+    return best_t, kind, src
+
+
+# ------------------------------------------------------------------------------------------
+# Packets, queues and pipes
+# ------------------------------------------------------------------------------------------
+
+@njit(inline="always")
+def _alloc(pk, clock):
+    p = clock[C_FREE_HEAD]
+    clock[C_FREE_HEAD] = pk[p, P_NEXT]
+    clock[C_N_FREE] -= 1
+    in_use = pk.shape[0] - clock[C_N_FREE]
+    if in_use > clock[C_PEAK_PKTS]:
+        clock[C_PEAK_PKTS] = in_use
+    return p
+
+
+@njit(inline="always")
+def _free(pk, clock, p):
+    pk[p, P_NEXT] = clock[C_FREE_HEAD]
+    clock[C_FREE_HEAD] = p
+    clock[C_N_FREE] += 1
+
+
+@njit(inline="always")
+def _start_tx(pk, lk, lcap, tx, clock, l, now):
+    lk[l, L_BUSY] = 1
+    ser = np.int64(np.ceil(pk[lk[l, L_HEAD], P_SIZE] * 8e12 / lcap[l]))
+    _heap_push(tx, clock[C_TX_SIZE], now + ser, _take_seq(clock), l)
+    clock[C_TX_SIZE] += 1
+
+
+@njit(inline="always")
+def _enqueue(pk, lk, lcap, fi, tx, clock, params, p, l, now):
+    """Packet ``p`` arrives at link ``l``: drop-tail, ECN mark, append, start if idle."""
+    size = pk[p, P_SIZE]
+    flags = pk[p, P_FLAGS]
+    if lk[l, L_QBYTES] + size > params[K_BUFFER]:
+        lk[l, L_DROPS] += 1
+        if not flags & FL_ACK:
+            fi[pk[p, P_FLOW], F_DROPS] += 1
+        _free(pk, clock, p)
+        return
+    if not flags & FL_ACK and lk[l, L_QBYTES] > params[K_ECN_K]:
+        pk[p, P_FLAGS] = flags | FL_CE
+        lk[l, L_MARKS] += 1
+    pk[p, P_NEXT] = -1
+    tail = lk[l, L_TAIL]
+    if tail >= 0:
+        pk[tail, P_NEXT] = p
+    else:
+        lk[l, L_HEAD] = p
+    lk[l, L_TAIL] = p
+    q = lk[l, L_QBYTES] + size
+    lk[l, L_QBYTES] = q
+    if q > lk[l, L_PEAK]:
+        lk[l, L_PEAK] = q
+    if lk[l, L_BUSY] == 0 and lcap[l] > 0.0:
+        _start_tx(pk, lk, lcap, tx, clock, l, now)
+
+
+@njit(inline="always")
+def _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, now):
+    """Link ``l`` finished serializing its head packet: it enters the pipe; the next one starts."""
+    p = lk[l, L_HEAD]
+    nxt = pk[p, P_NEXT]
+    lk[l, L_HEAD] = nxt
+    if nxt < 0:
+        lk[l, L_TAIL] = -1
+    size = pk[p, P_SIZE]
+    lk[l, L_QBYTES] -= size
+    lk[l, L_BYTES] += size
+    clock[C_ALL_HOPS] += 1
+    flags = pk[p, P_FLAGS]
+    if flags & FL_ACK:
+        lk[l, L_ACKS] += 1
+    else:
+        lk[l, L_DATA] += 1
+        clock[C_DATA_HOPS] += 1
+        if flags & FL_RETX:
+            lk[l, L_RETX] += 1
+    pk[p, P_HOP] += 1
+    c = lk[l, L_CLASS]
+    _ring_push(ar[c], ar_hc[c], now + lk[l, L_DELAY], _take_seq(clock), p)
+    if nxt >= 0 and lcap[l] > 0.0:
+        _start_tx(pk, lk, lcap, tx, clock, l, now)
+    else:
+        lk[l, L_BUSY] = 0
+
+
+# ------------------------------------------------------------------------------------------
+# Transport
+# ------------------------------------------------------------------------------------------
+
+@njit
+def _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, seq, now, retx):
+    mss = params[K_MTU] - params[K_HDR]
+    p = _alloc(pk, clock)
+    pk[p, P_FLOW] = f
+    pk[p, P_SEQ] = seq
+    pk[p, P_SIZE] = min(mss, fi[f, F_SIZE] - seq * mss) + params[K_HDR]
+    pk[p, P_HOP] = 0
+    pk[p, P_TS] = now
+    pk[p, P_FLAGS] = FL_RETX if retx else 0
+    fi[f, F_SENT] += 1
+    if retx:
+        fi[f, F_RETX] += 1
+    if fi[f, F_ARMED] == 0:
+        fi[f, F_ARMED] = 1
+        fi[f, F_DEADLINE] = now + fi[f, F_RTO]
+        _heap_push(tm, clock[C_TM_SIZE], fi[f, F_DEADLINE], _take_seq(clock), f)
+        clock[C_TM_SIZE] += 1
+    _enqueue(pk, lk, lcap, fi, tx, clock, params, p, route_links[fi[f, F_ROUTE]], now)
+
+
+@njit
+def _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now):
+    """Send new packets while the window allows, at most ``burst`` now (the rest in a SEND event)."""
+    mss = params[K_MTU] - params[K_HDR]
+    sent = 0
+    while fi[f, F_NEXT] < fi[f, F_NPKTS] and (fi[f, F_NEXT] - fi[f, F_ACKED] + 1) * mss <= ff[f, W_CWND]:
+        if sent == params[K_BURST]:
+            if fi[f, F_SENDQ] == 0:
+                fi[f, F_SENDQ] = 1
+                n = sd.shape[0]
+                i = (clock[C_SD_HEAD] + clock[C_SD_COUNT]) % n
+                sd[i, 0] = now
+                sd[i, 1] = _take_seq(clock)
+                sd[i, 2] = f
+                clock[C_SD_COUNT] += 1
+            return
+        seq = fi[f, F_NEXT]
+        _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, seq, now, seq < fi[f, F_HIGH])
+        fi[f, F_NEXT] = seq + 1
+        if seq + 1 > fi[f, F_HIGH]:
+            fi[f, F_HIGH] = seq + 1
+        sent += 1
+
+
+@njit
+def _finish(fi, done_order, clock, f, now):
+    fi[f, F_FINISH] = now
+    done_order[clock[C_N_DONE]] = f
+    clock[C_N_DONE] += 1
+
+
+@njit
+def _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params, ack_links, p, now):
+    """A data packet reaches its receiver: record it and send the cumulative ACK (reusing ``p``)."""
+    f = pk[p, P_FLOW]
+    seq = pk[p, P_SEQ]
+    base = fi[f, F_BASE]
+    flags = pk[p, P_FLAGS]
+    if flags & FL_CE:
+        fi[f, F_MARKS] += 1
+    if not got[base + seq]:
+        got[base + seq] = True
+        c = fi[f, F_CUM]
+        n = fi[f, F_NPKTS]
+        while c < n and got[base + c]:
+            c += 1
+        fi[f, F_CUM] = c
+        if c == n and fi[f, F_FINISH] < 0:
+            _finish(fi, done_order, clock, f, now)
+    pk[p, P_FLAGS] = FL_ACK | (flags & FL_CE)  # the CE bit becomes the ECN echo
+    pk[p, P_SIZE] = params[K_HDR]
+    pk[p, P_SEQ] = fi[f, F_CUM]  # ackno; P_TS keeps the echoed timestamp
+    pk[p, P_HOP] = 0
+    _enqueue(pk, lk, lcap, fi, tx, clock, params, p, ack_links[fi[f, F_ROUTE]], now)
+
+
+@njit
+def _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, now):
+    f = pk[p, P_FLOW]
+    ackno = pk[p, P_SEQ]
+    ece = (pk[p, P_FLAGS] & FL_CE) != 0
+    ts = pk[p, P_TS]
+    _free(pk, clock, p)
+    mss = float(params[K_MTU] - params[K_HDR])
+    if fi[f, F_ACKED] >= fi[f, F_NPKTS]:
+        return
+    # 1. RTT estimate
+    r = float(now - ts)
+    if ff[f, W_SRTT] == 0.0:
+        ff[f, W_SRTT] = r
+        ff[f, W_RTTVAR] = r / 2.0
+    else:
+        ff[f, W_RTTVAR] = 0.75 * ff[f, W_RTTVAR] + 0.25 * abs(ff[f, W_SRTT] - r)
+        ff[f, W_SRTT] = 0.875 * ff[f, W_SRTT] + 0.125 * r
+    fi[f, F_RTO] = max(params[K_MIN_RTO], np.int64(ff[f, W_SRTT] + 4.0 * ff[f, W_RTTVAR]))
+    # 2. DCTCP
+    fi[f, F_SEEN] += 1
+    if ece:
+        fi[f, F_MARKED] += 1
+        if ff[f, W_SSTH] > ff[f, W_CWND]:
+            ff[f, W_SSTH] = ff[f, W_CWND]
+    if fi[f, F_SEEN] * mss >= ff[f, W_CWND]:
+        ff[f, W_ALPHA] = (1.0 - g) * ff[f, W_ALPHA] + g * fi[f, F_MARKED] / fi[f, F_SEEN]
+        if fi[f, F_MARKED] > 0:
+            ff[f, W_CWND] = max(ff[f, W_CWND] * (1.0 - ff[f, W_ALPHA] / 2.0), mss)
+            ff[f, W_SSTH] = ff[f, W_CWND]
+        fi[f, F_SEEN] = 0
+        fi[f, F_MARKED] = 0
+    # 3. TCP
+    acked = fi[f, F_ACKED]
+    if ackno > acked:
+        if fi[f, F_INREC]:
+            if ackno >= fi[f, F_RECOVER]:
+                fi[f, F_INREC] = 0
+                ff[f, W_CWND] = ff[f, W_SSTH]
+            else:
+                _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, ackno, now, True)
+        elif ff[f, W_CWND] < ff[f, W_SSTH]:
+            ff[f, W_CWND] += mss
+        else:
+            ff[f, W_CWND] += mss * mss / ff[f, W_CWND]
+        fi[f, F_DUP] = 0
+        fi[f, F_ACKED] = ackno
+        if fi[f, F_NEXT] < ackno:
+            fi[f, F_NEXT] = ackno
+        fi[f, F_DEADLINE] = now + fi[f, F_RTO]
+    elif ackno == acked and ackno < fi[f, F_NEXT]:
+        fi[f, F_DUP] += 1
+        if fi[f, F_INREC]:
+            ff[f, W_CWND] += mss
+        elif fi[f, F_DUP] == 3:
+            ff[f, W_SSTH] = max(ff[f, W_CWND] / 2.0, 2.0 * mss)
+            ff[f, W_CWND] = ff[f, W_SSTH] + 3.0 * mss
+            fi[f, F_INREC] = 1
+            fi[f, F_RECOVER] = fi[f, F_NEXT]
+            _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, ackno, now, True)
+    _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now)
+
+
+@njit
+def _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now):
+    if fi[f, F_ACKED] >= fi[f, F_NPKTS]:
+        fi[f, F_ARMED] = 0
+        return
+    if fi[f, F_DEADLINE] > now:
+        _heap_push(tm, clock[C_TM_SIZE], fi[f, F_DEADLINE], _take_seq(clock), f)
+        clock[C_TM_SIZE] += 1
+        return
+    fi[f, F_ARMED] = 0
+    mss = float(params[K_MTU] - params[K_HDR])
+    ff[f, W_SSTH] = max(ff[f, W_CWND] / 2.0, 2.0 * mss)
+    ff[f, W_CWND] = mss
+    fi[f, F_INREC] = 0
+    fi[f, F_DUP] = 0
+    fi[f, F_NEXT] = fi[f, F_ACKED]
+    _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now)
+
+
+@njit
+def _route_up(fi, lcap, route_links, f):
+    for q in range(fi[f, F_ROUTE], fi[f, F_ROUTE] + fi[f, F_HOPS]):
+        if lcap[route_links[q]] <= 0.0:
+            return False
+    return True
+
+
+@njit
+def next_event_time(st):
+    """Time (ps) of the next event, INF_PS when none is left."""
+    return _next_event(st.ar, st.ar_hc, st.tx, st.tm, st.sd, st.start_order, st.fi, st.ev_time_ps,
+                       st.clock)[0]
+
+
+@njit
+def advance(st, until_ps, max_events):
+    """Process events with time <= ``until_ps``, at most ``max_events`` of them.
+
+    Returns DONE (no events left and every flow finished), PAUSED (call again), GROW (the packet
+    pool is nearly full: call :func:`grow` and continue) or DEADLOCK (no events left but flows
+    unfinished, e.g. waiting for a link that never comes back).
+    """
+    pk, lk, lcap, fi, ff, got = st.pk, st.lk, st.lcap, st.fi, st.ff, st.got
+    route_links, ack_links = st.route_links, st.ack_links
+    ar, ar_hc, tx, tm, sd = st.ar, st.ar_hc, st.tx, st.tm, st.sd
+    start_order, waiting, done_order = st.start_order, st.waiting, st.done_order
+    ev_time_ps, ev_link, ev_cap = st.ev_time_ps, st.ev_link, st.ev_capacity_bps
+    clock, params = st.clock, st.params
+    g = st.g[0]
+    n_flows = fi.shape[0]
+    reserve = 4 * params[K_BURST] + 16
+    handled = 0
+    while True:
+        t, kind, src = _next_event(ar, ar_hc, tx, tm, sd, start_order, fi, ev_time_ps, clock)
+        if kind < 0:
+            return DONE if clock[C_N_DONE] == n_flows else DEADLOCK
+        if t > until_ps or handled >= max_events:
+            return PAUSED
+        if clock[C_N_FREE] < reserve:
+            return GROW
+        clock[C_NOW] = t
+        clock[C_EVENTS] += 1
+        handled += 1
+        if kind == EV_ARRIVE:
+            p = _ring_pop(ar[src], ar_hc[src])
+            f = pk[p, P_FLOW]
+            h = pk[p, P_HOP]
+            is_ack = pk[p, P_FLAGS] & FL_ACK
+            if h == fi[f, F_HOPS]:
+                if is_ack:
+                    _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, t)
+                else:
+                    _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params, ack_links, p, t)
+            else:
+                links = ack_links if is_ack else route_links
+                _enqueue(pk, lk, lcap, fi, tx, clock, params, p, links[fi[f, F_ROUTE] + h], t)
+        elif kind == EV_TX_DONE:
+            l = tx[0, 2]
+            _heap_pop(tx, clock[C_TX_SIZE])
+            clock[C_TX_SIZE] -= 1
+            _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, t)
+        elif kind == EV_TIMER:
+            f = tm[0, 2]
+            _heap_pop(tm, clock[C_TM_SIZE])
+            clock[C_TM_SIZE] -= 1
+            _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, t)
+        elif kind == EV_SEND:
+            h = clock[C_SD_HEAD]
+            f = sd[h, 2]
+            clock[C_SD_HEAD] = (h + 1) % sd.shape[0]
+            clock[C_SD_COUNT] -= 1
+            fi[f, F_SENDQ] = 0
+            _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, t)
+        elif kind == EV_START:
+            f = start_order[clock[C_START_PTR]]
+            clock[C_START_PTR] += 1
+            if _route_up(fi, lcap, route_links, f):
+                _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params, route_links, f, t)
+            else:
+                fi[f, F_STATUS] = F_WAITING
+                waiting[clock[C_N_WAITING]] = f
+                clock[C_N_WAITING] += 1
+        else:  # EV_CAP
+            e = clock[C_CAP_PTR]
+            clock[C_CAP_PTR] += 1
+            l = ev_link[e]
+            lcap[l] = ev_cap[e]
+            if lcap[l] > 0.0:
+                if lk[l, L_BUSY] == 0 and lk[l, L_HEAD] >= 0:
+                    _start_tx(pk, lk, lcap, tx, clock, l, t)
+                # waiting flows whose whole route is up start now, in the order they arrived
+                kept = 0
+                for i in range(clock[C_N_WAITING]):
+                    f = waiting[i]
+                    if _route_up(fi, lcap, route_links, f):
+                        _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params,
+                                    route_links, f, t)
+                    else:
+                        waiting[kept] = f
+                        kept += 1
+                clock[C_N_WAITING] = kept
+
+
+@njit
+def _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params, route_links, f, now):
+    fi[f, F_STATUS] = F_ACTIVE
+    if fi[f, F_NPKTS] == 0:
+        _finish(fi, done_order, clock, f, now)
+        return
+    _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now)
