@@ -75,14 +75,21 @@ def _cmd_run(args) -> int:
     print(f"scenario     {args.scenario}")
     print(f"fabric       {s['fabric']}")
     print(f"traffic      {scenario.traffic.pattern}: {s['flows']:,} flows, {gb:.3f} GB")
-    print(f"engine       {scenario.run.engine} (tolerance {scenario.run.tolerance:g}): "
-          f"{stats['wall_s']:.2f} s wall, {stats['events']:,} events")
+    how = (f"tolerance {scenario.run.tolerance:g}" if scenario.run.engine == "flow"
+           else f"DCTCP, {scenario.packet.mtu_bytes} B packets")
+    print(f"engine       {scenario.run.engine} ({how}): {stats['wall_s']:.2f} s wall, {stats['events']:,} events")
     status = "" if s["status"] == "done" else f"  [{s['status']}: {s['flows'] - s['flows_finished']:,} flows unfinished]"
     print(f"completion   {_fmt_time(s['completion_ps'])}{status}")
     if s["host_gbps_mean"] is not None:
         print(f"throughput   per sending host: mean {s['host_gbps_mean']:.2f} Gbps, "
               f"min {s['host_gbps_min']:.2f} Gbps ({s['senders']} senders)")
     print(f"FCT          p50 {_fmt_time(s['fct_p50_ps'])}, p99 {_fmt_time(s['fct_p99_ps'])}")
+    if scenario.run.engine == "packet":
+        mtu = scenario.packet.mtu_bytes
+        print(f"packets      {stats['data_link_hops']:,} data link-hops, {stats['retransmissions']:,} "
+              f"retransmissions, {stats['ecn_marks']:,} ECN marks, {stats['drops']:,} drops")
+        print(f"queues       peak {stats['peak_queue_bytes']:,} B ({stats['peak_queue_bytes'] / mtu:.1f} "
+              f"packets of {mtu} B) on the busiest link")
     files = [os.path.join(out, n) for n in ("flows.arrows", "links.h5", "summary.json")
              if os.path.exists(os.path.join(out, n))]
     print(f"traces       {', '.join(files)}")
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "time, per-host throughput and FCT percentiles; write traces.")
     run.add_argument("scenario", help="scenario file, e.g. examples/small.toml")
     run.add_argument("--out", help="output directory (default fabricsim-out/<scenario name>)")
-    run.add_argument("--engine", choices=["flow"], help="override run.engine of the scenario")
+    run.add_argument("--engine", choices=["flow", "packet"], help="override run.engine of the scenario")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.set_defaults(func=_cmd_run)
 

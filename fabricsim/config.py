@@ -1,6 +1,7 @@
 """Scenario files (TOML) into frozen dataclasses; every bad field gives one clear error.
 
-A scenario has three tables, ``[fabric]``, ``[traffic]`` and ``[run]``; see ``examples/small.toml``
+A scenario has the tables ``[fabric]``, ``[traffic]``, ``[run]`` and (optional, packet engine)
+``[packet]``; see ``examples/small.toml``
 and the README for every key. Unknown keys, wrong types and out-of-range values raise
 :class:`fabricsim.errors.ConfigError` naming the field (``fabric.k``) and what is allowed.
 """
@@ -21,7 +22,7 @@ else:  # pragma: no cover
 
 from fabricsim.errors import ConfigError, require
 
-__all__ = ["FabricConfig", "TrafficConfig", "RunConfig", "Scenario", "load_scenario",
+__all__ = ["FabricConfig", "TrafficConfig", "RunConfig", "PacketConfig", "Scenario", "load_scenario",
            "FABRIC_BUILDERS", "TRAFFIC_PATTERNS"]
 
 FABRIC_BUILDERS = ("fat_tree", "rail_optimized")
@@ -179,12 +180,51 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class PacketConfig:
+    """``[packet]``: constants of the packet engine (see :mod:`fabricsim.kernels.packetsim`).
+
+    Defaults are the released MixNet simulator's: 9000 B packets including a 64 B header,
+    10,000-packet buffers, ECN marking above 50 packets, initial window 10 packets, initial
+    ssthresh 10,000 packets, minimum RTO 1 ms, DCTCP g = 1/16.
+    """
+
+    mtu_bytes: int = 9000
+    hdr_bytes: int = 64
+    buffer_pkts: int = 10_000
+    ecn_k_pkts: int = 50
+    init_cwnd_pkts: int = 10
+    ssthresh_pkts: int = 10_000
+    min_rto_us: float = 1000.0
+    dctcp_g: float = 1.0 / 16.0
+
+    def __post_init__(self):
+        require(self.hdr_bytes >= 1, "packet.hdr_bytes", f"must be >= 1, got {self.hdr_bytes}")
+        require(self.mtu_bytes > self.hdr_bytes, "packet.mtu_bytes",
+                f"must exceed hdr_bytes={self.hdr_bytes}, got {self.mtu_bytes}")
+        for name in ("buffer_pkts", "init_cwnd_pkts", "ssthresh_pkts"):
+            require(getattr(self, name) >= 1, f"packet.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.ecn_k_pkts >= 0, "packet.ecn_k_pkts", f"must be >= 0, got {self.ecn_k_pkts}")
+        require(self.min_rto_us > 0, "packet.min_rto_us", f"must be > 0, got {self.min_rto_us}")
+        require(0 < self.dctcp_g <= 1, "packet.dctcp_g", f"must lie in (0, 1], got {self.dctcp_g}")
+
+    def params(self):
+        """The kernel's :class:`fabricsim.kernels.packetsim.PacketParams`."""
+        from fabricsim.kernels.packetsim import PacketParams
+
+        return PacketParams(mtu_bytes=self.mtu_bytes, hdr_bytes=self.hdr_bytes,
+                            buffer_pkts=self.buffer_pkts, ecn_k_pkts=self.ecn_k_pkts,
+                            init_cwnd_pkts=self.init_cwnd_pkts, ssthresh_pkts=self.ssthresh_pkts,
+                            min_rto_ps=int(round(self.min_rto_us * 1e6)), dctcp_g=self.dctcp_g)
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole scenario file. ``base_dir`` resolves relative paths (the file's folder)."""
 
     fabric: FabricConfig
     traffic: TrafficConfig
     run: RunConfig = field(default_factory=RunConfig)
+    packet: PacketConfig = field(default_factory=PacketConfig)
     base_dir: str = "."
     name: str = "scenario"
 
@@ -192,19 +232,23 @@ class Scenario:
     def from_dict(cls, data: dict, base_dir: str = ".", name: str = "scenario") -> "Scenario":
         require(isinstance(data, dict), "scenario", "must be a TOML table")
         for key in data:
-            if key not in ("fabric", "traffic", "run"):
-                raise ConfigError(key, "unknown table; allowed tables: fabric, traffic, run")
+            if key not in ("fabric", "traffic", "run", "packet"):
+                raise ConfigError(key, "unknown table; allowed tables: fabric, traffic, run, packet")
         require("fabric" in data, "fabric", "the [fabric] table is required")
         require("traffic" in data, "traffic", "the [traffic] table is required")
         return cls(fabric=_from_table(FabricConfig, data["fabric"], "fabric"),
                    traffic=_from_table(TrafficConfig, data["traffic"], "traffic"),
                    run=_from_table(RunConfig, data.get("run", {}), "run"),
+                   packet=_from_table(PacketConfig, data.get("packet", {}), "packet"),
                    base_dir=base_dir, name=name)
 
     def to_dict(self) -> dict:
         """The resolved scenario (every default filled in), as recorded in traces and results."""
-        return {"name": self.name, "fabric": dataclasses.asdict(self.fabric),
-                "traffic": dataclasses.asdict(self.traffic), "run": dataclasses.asdict(self.run)}
+        out = {"name": self.name, "fabric": dataclasses.asdict(self.fabric),
+               "traffic": dataclasses.asdict(self.traffic), "run": dataclasses.asdict(self.run)}
+        if self.run.engine == "packet":
+            out["packet"] = dataclasses.asdict(self.packet)
+        return out
 
 
 def load_scenario(path) -> Scenario:

@@ -57,7 +57,8 @@ def run_scenario(scenario: Scenario, out_dir=None, progress=None) -> tuple[FlowR
     try:
         result = simulate_flows(fabric, src, dst, size, start, engine=scenario.run.engine,
                                 seed=scenario.run.seed, tolerance=scenario.run.tolerance,
-                                trace=trace, progress=progress, scenario=resolved)
+                                trace=trace, progress=progress, scenario=resolved,
+                                packet_params=scenario.packet.params())
     finally:
         if trace is not None:
             trace.close()
