@@ -26,7 +26,7 @@ __all__ = ["FabricConfig", "TrafficConfig", "RunConfig", "PacketConfig", "Scenar
            "FABRIC_BUILDERS", "TRAFFIC_PATTERNS"]
 
 FABRIC_BUILDERS = ("fat_tree", "rail_optimized")
-TRAFFIC_PATTERNS = ("permutation", "all_to_all", "incast", "matrix")
+TRAFFIC_PATTERNS = ("permutation", "all_to_all", "incast", "matrix", "htsim")
 
 
 def _type_name(tp) -> str:
@@ -136,13 +136,14 @@ class TrafficConfig:
     def __post_init__(self):
         _choice(self.pattern, TRAFFIC_PATTERNS, "traffic.pattern")
         spread = self.size_min_bytes is not None or self.size_max_bytes is not None
-        if self.pattern == "matrix":
-            require(self.file is not None, "traffic.file", "is required for pattern = 'matrix' "
-                    "(a .npy, .csv or .parquet matrix of bytes, hosts x hosts)")
+        if self.pattern in ("matrix", "htsim"):
+            what = ("a .npy, .csv or .parquet matrix of bytes, hosts x hosts" if self.pattern == "matrix"
+                    else "an htsim connection-matrix file")
+            require(self.file is not None, "traffic.file", f"is required for pattern = '{self.pattern}' ({what})")
             require(self.size_bytes is None and not spread, "traffic.size_bytes",
-                    "is not used with pattern = 'matrix' (the matrix gives the sizes)")
+                    f"is not used with pattern = '{self.pattern}' (the file gives the sizes)")
         else:
-            require(self.file is None, "traffic.file", "is only for pattern = 'matrix'")
+            require(self.file is None, "traffic.file", "is only for pattern = 'matrix' or 'htsim'")
             require((self.size_bytes is not None) != spread, "traffic.size_bytes",
                     "give either size_bytes or both size_min_bytes and size_max_bytes")
         if self.size_bytes is not None:

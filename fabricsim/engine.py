@@ -16,7 +16,8 @@ import numpy as np
 from fabricsim.errors import ConfigError
 from fabricsim.kernels import flowsim
 
-__all__ = ["EngineOutput", "CapacityEvents", "run_flow_engine", "run_packet_engine", "as_capacity_events",
+__all__ = ["EngineOutput", "CapacityEvents", "Triggers", "run_flow_engine", "run_packet_engine",
+           "as_capacity_events",
            "DEFAULT_TOLERANCE"]
 
 #: Default staleness bound of the flow engine (see :func:`fabricsim.kernels.flowsim.advance`).
@@ -69,6 +70,58 @@ def as_capacity_events(events, n_links: int) -> CapacityEvents:
     return CapacityEvents(t.astype(np.int64)[order], link.astype(np.int64)[order], cap[order])
 
 
+@dataclass(frozen=True)
+class Triggers:
+    """Flows started by the completion of other flows (htsim connection-matrix triggers).
+
+    ``kind int64[K]`` (0 oneshot, 1 multishot, 2 barrier; see :mod:`fabricsim.kernels.triggers`),
+    ``need int64[K]`` (activations a barrier waits for), ``targets`` a list of K lists of flow ids
+    started by each trigger, ``send_done``/``recv_done int64[F]`` the trigger each flow activates
+    when its sender / receiver is done (-1: none). Target flows have no start time (``-1``).
+    """
+
+    kind: np.ndarray
+    need: np.ndarray
+    targets: tuple
+    send_done: np.ndarray
+    recv_done: np.ndarray
+
+    def arrays(self):
+        """``(kind, need, ptr, targets, flow_trig int64[F, 2])`` for the kernels."""
+        ptr = np.zeros(len(self.targets) + 1, np.int64)
+        np.cumsum([len(t) for t in self.targets], out=ptr[1:])
+        flat = np.array([f for t in self.targets for f in t], np.int64)
+        return (np.asarray(self.kind, np.int64), np.asarray(self.need, np.int64), ptr, flat,
+                np.ascontiguousarray(np.stack([self.send_done, self.recv_done], axis=1), dtype=np.int64))
+
+    def validate(self, start_ps: np.ndarray) -> None:
+        """Check ids and that exactly the target flows lack a start time."""
+        n_flows = start_ps.shape[0]
+        k = len(self.targets)
+        if np.shape(self.kind) != (k,) or np.shape(self.need) != (k,):
+            raise ConfigError("triggers", "kind, need and targets must have one entry per trigger")
+        if np.any((np.asarray(self.kind) < 0) | (np.asarray(self.kind) > 2)):
+            raise ConfigError("triggers.kind", "must be 0 (oneshot), 1 (multishot) or 2 (barrier)")
+        for name in ("send_done", "recv_done"):
+            a = np.asarray(getattr(self, name))
+            if a.shape != (n_flows,) or np.any((a < -1) | (a >= k)):
+                raise ConfigError(f"triggers.{name}", f"must give, per flow, a trigger id in 0 .. {k - 1} or -1")
+        targeted = np.zeros(n_flows, np.int64)
+        for t in self.targets:
+            for f in t:
+                if not 0 <= f < n_flows:
+                    raise ConfigError("triggers.targets", f"flow id {f} is not in 0 .. {n_flows - 1}")
+                targeted[f] += 1
+        if np.any(targeted > 1):
+            raise ConfigError("triggers.targets", f"flow {int(np.flatnonzero(targeted > 1)[0])} is "
+                              "started by more than one trigger")
+        bad = np.flatnonzero((targeted == 1) != (start_ps < 0))
+        if bad.size:
+            f = int(bad[0])
+            raise ConfigError("start_ps", f"flow {f}: a flow has no start time (-1) exactly when a "
+                              "trigger starts it")
+
+
 @dataclass
 class EngineOutput:
     """What an engine returns: per-flow finish times and per-link carried bytes.
@@ -85,25 +138,27 @@ class EngineOutput:
     end_ps: int
     stats: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    start_ps: np.ndarray | None = None  # actual starts (flows started by triggers: -1 if never)
 
 
 def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
                     events: CapacityEvents, *, tolerance: float = DEFAULT_TOLERANCE,
-                    weight=None, rate_cap_bps=None, until_ps: int | None = None,
+                    weight=None, rate_cap_bps=None, until_ps: int | None = None, triggers=None,
                     on_flows: Callable | None = None, on_links: Callable | None = None,
                     sample_ps: int | None = None,
                     progress: Callable[[int, int, int], None] | None = None) -> EngineOutput:
     """Run the flow-level engine on validated arrays.
 
-    ``on_flows(flow_ids, finish_ps)`` receives each slice's completed flows;
+    ``on_flows(flow_ids, finish_ps, start_ps)`` receives each slice's completed flows;
     ``on_links(time_ps, bytes_in_interval)`` receives, every ``sample_ps``, the bytes each link
     carried during the interval; ``progress(done, total, now_ps)`` is called after every slice.
     """
     if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError("tolerance", f"must be a number >= 0, got {tolerance!r}")
-    st = flowsim.new_state(route_ptr, route_links, start_ps, size_bytes,
+    st = flowsim.new_state(route_ptr, route_links, np.array(start_ps, dtype=np.int64), size_bytes,
                            np.ascontiguousarray(capacity_bps, dtype=np.float64),
-                           events.time_ps, events.link, events.capacity_bps, weight, rate_cap_bps)
+                           events.time_ps, events.link, events.capacity_bps, weight, rate_cap_bps,
+                           None if triggers is None else triggers.arrays())
     n_flows = route_ptr.shape[0] - 1
     horizon = flowsim.INF_PS if until_ps is None else int(until_ps)
     sampling = on_links is not None and sample_ps
@@ -117,7 +172,7 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
         n_done = int(st.clock[flowsim.C_N_DONE])
         if on_flows is not None and n_done > n_reported:
             ids = st.done_order[n_reported:n_done].copy()
-            on_flows(ids, st.finish_ps[ids])
+            on_flows(ids, st.finish_ps[ids], st.start_ps[ids])
         n_reported = n_done
         if progress is not None:
             progress(n_done, n_flows, int(st.clock[flowsim.C_NOW]))
@@ -139,7 +194,8 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
     stats = dict(events=int(c[flowsim.C_EVENTS]), exact_solves=int(c[flowsim.C_SOLVES]),
                  solved_flows=int(c[flowsim.C_SOLVED_FLOWS]), local_solves=int(c[flowsim.C_LOCAL_SOLVES]),
                  wall_s=time.perf_counter() - t0, tolerance=float(tolerance))
-    return EngineOutput(st.finish_ps.copy(), st.bytes_acc.copy(), status, end_ps, stats)
+    return EngineOutput(st.finish_ps.copy(), st.bytes_acc.copy(), status, end_ps, stats,
+                        start_ps=st.start_ps.copy())
 
 
 def _next_time(st) -> int:
@@ -150,7 +206,7 @@ def _next_time(st) -> int:
 def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_ps, size_bytes,
                       start_ps, events: CapacityEvents, *, params=None, until_ps: int | None = None,
                       on_flows: Callable | None = None, on_links: Callable | None = None,
-                      sample_ps: int | None = None,
+                      sample_ps: int | None = None, triggers=None,
                       progress: Callable[[int, int, int], None] | None = None) -> EngineOutput:
     """Run the packet-level engine (:mod:`fabricsim.kernels.packetsim`) on validated arrays.
 
@@ -166,7 +222,8 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
     st = packetsim.new_state(route_ptr, route_links, ack_links, start_ps, size_bytes,
                              np.ascontiguousarray(capacity_bps, dtype=np.float64),
                              np.ascontiguousarray(delay_ps, dtype=np.int64),
-                             events.time_ps, events.link, events.capacity_bps, params)
+                             events.time_ps, events.link, events.capacity_bps, params,
+                             triggers=None if triggers is None else triggers.arrays())
     n_flows = route_ptr.shape[0] - 1
     horizon = packetsim.INF_PS if until_ps is None else int(until_ps)
     sampling = on_links is not None and sample_ps
@@ -179,7 +236,7 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
         n_done = int(st.clock[packetsim.C_N_DONE])
         if on_flows is not None and n_done > n_reported:
             ids = st.done_order[n_reported:n_done].copy()
-            on_flows(ids, st.fi[ids, packetsim.F_FINISH])
+            on_flows(ids, st.fi[ids, packetsim.F_FINISH], st.fi[ids, packetsim.F_START])
         n_reported = n_done
         if progress is not None:
             progress(n_done, n_flows, int(st.clock[packetsim.C_NOW]))
@@ -213,7 +270,7 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
                  link_drops=lk[:, packetsim.L_DROPS].copy(),
                  link_peak_queue_bytes=lk[:, packetsim.L_PEAK].copy())
     return EngineOutput(fi[:, packetsim.F_FINISH].copy(), lk[:, packetsim.L_BYTES].astype(np.float64),
-                        status, end_ps, stats, extra)
+                        status, end_ps, stats, extra, start_ps=fi[:, packetsim.F_START].copy())
 
 
 def _reverse_routes(route_ptr, route_links, reverse_link):

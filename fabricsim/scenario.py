@@ -47,7 +47,8 @@ def run_scenario(scenario: Scenario, out_dir=None, progress=None) -> tuple[FlowR
     """Build the fabric and traffic of ``scenario``, simulate, write traces and ``summary.json``
     to ``out_dir`` (when given); returns the result and its summary."""
     fabric = scenario.fabric.build_fabric()
-    src, dst, size, start = traffic_mod.from_config(scenario.traffic, fabric.n_hosts, scenario.base_dir)
+    src, dst, size, start, triggers = traffic_mod.from_config(scenario.traffic, fabric.n_hosts,
+                                                              scenario.base_dir)
     resolved = scenario.to_dict()
     resolved["fabric_resolved"] = fabric.params
     trace = None
@@ -58,7 +59,7 @@ def run_scenario(scenario: Scenario, out_dir=None, progress=None) -> tuple[FlowR
         result = simulate_flows(fabric, src, dst, size, start, engine=scenario.run.engine,
                                 seed=scenario.run.seed, tolerance=scenario.run.tolerance,
                                 trace=trace, progress=progress, scenario=resolved,
-                                packet_params=scenario.packet.params())
+                                packet_params=scenario.packet.params(), triggers=triggers)
     finally:
         if trace is not None:
             trace.close()

@@ -81,7 +81,8 @@ def _int_array(values, name, n, minimum=0):
 def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engine: str = "flow",
                    seed: int = 0, capacity_events=None, trace=None,
                    tolerance: float = DEFAULT_TOLERANCE, until_ps: int | None = None,
-                   progress=None, scenario: dict | None = None, packet_params=None) -> FlowResult:
+                   progress=None, scenario: dict | None = None, packet_params=None,
+                   triggers=None) -> FlowResult:
     """Simulate flows ``src[i] -> dst[i]`` of ``size_bytes[i]`` starting at ``start_ps[i]``.
 
     Parameters
@@ -115,6 +116,8 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
         The resolved scenario to record in the trace metadata.
     packet_params : fabricsim.kernels.packetsim.PacketParams, optional
         Packet engine constants (MTU, buffer, ECN threshold, windows, RTO).
+    triggers : fabricsim.engine.Triggers, optional
+        Flows started by other flows' completion; those flows have ``start_ps = -1``.
     """
     require(isinstance(fabric, Fabric), "fabric", f"must be a fabricsim Fabric, got {type(fabric).__name__}")
     require(engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -126,7 +129,10 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
     src_a = _int_array(src_a, "src", n)
     dst_a = _int_array(dst, "dst", n)
     size = _int_array(size_bytes, "size_bytes", n)
-    start = _int_array(0 if start_ps is None else start_ps, "start_ps", n)
+    start = _int_array(0 if start_ps is None else start_ps, "start_ps", n,
+                       minimum=0 if triggers is None else -1)
+    if triggers is not None:
+        triggers.validate(start)
     routes = fabric.route(src_a, dst_a, seed=int(seed))
     events = as_capacity_events(capacity_events, fabric.n_links)
 
@@ -136,8 +142,8 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
         on_flows = on_links = None
         sample_ps = None
         if sink is not None:
-            def on_flows(ids, finish):
-                sink.write_flows(ids, src_a[ids], dst_a[ids], size[ids], start[ids], finish,
+            def on_flows(ids, finish, started):
+                sink.write_flows(ids, src_a[ids], dst_a[ids], size[ids], started, finish,
                                  routes.path_kind[ids])
             if sink.sample_ps:
                 sample_ps = sink.sample_ps
@@ -146,20 +152,23 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
             out = run_flow_engine(routes.route_ptr, routes.route_links, fabric.link_state(), size,
                                   start, events, tolerance=tolerance, until_ps=until_ps,
                                   on_flows=on_flows, on_links=on_links, sample_ps=sample_ps,
-                                  progress=progress)
+                                  triggers=triggers, progress=progress)
         else:
             links = fabric.links
             out = run_packet_engine(routes.route_ptr, routes.route_links, links.reverse,
                                     fabric.link_state(), links.delay_ps, size, start, events,
                                     params=packet_params, until_ps=until_ps, on_flows=on_flows,
-                                    on_links=on_links, sample_ps=sample_ps, progress=progress)
+                                    on_links=on_links, sample_ps=sample_ps, triggers=triggers,
+                                    progress=progress)
         if sink is not None:
             unfinished = np.flatnonzero(out.finish_ps < 0)
             if unfinished.size:
-                on_flows(unfinished, out.finish_ps[unfinished])
+                on_flows(unfinished, out.finish_ps[unfinished], out.start_ps[unfinished])
     finally:
         if sink is not None and not isinstance(trace, _trace_type()):
             sink.close()
+    if out.start_ps is not None:
+        start = out.start_ps
     return FlowResult(src_a, dst_a, size, start, out.finish_ps, out.link_bytes, routes, engine,
                       out.status, out.end_ps, out.stats, out.extra)
 

@@ -9,17 +9,32 @@ Every generator returns ``(src int64[F], dst int64[F])`` over host indices ``0 .
 - ``incast``: ``fan_in`` distinct random hosts send to ``target``.
 - ``matrix``: a hosts x hosts matrix of bytes read from ``.npy``, ``.csv`` or ``.parquet``; every
   positive off-diagonal entry is a flow.
+- ``htsim``: the flows (and triggers) of an htsim connection-matrix file
+  (:mod:`fabricsim.htsim`).
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 
 from fabricsim.errors import ConfigError, require
 
-__all__ = ["permutation", "all_to_all", "incast", "read_matrix", "flow_sizes", "from_config"]
+__all__ = ["permutation", "all_to_all", "incast", "read_matrix", "flow_sizes", "from_config",
+           "FlowBatch"]
+
+
+class FlowBatch(NamedTuple):
+    """Flows to simulate: ``src``, ``dst``, ``size_bytes``, ``start_ps`` (``[F]``, -1 for flows
+    started by a trigger) and the ``triggers`` (or None)."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    size_bytes: np.ndarray
+    start_ps: np.ndarray
+    triggers: object = None
 
 
 def permutation(hosts: int, rng: np.random.Generator):
@@ -96,9 +111,10 @@ def flow_sizes(n: int, size_bytes, size_min_bytes, size_max_bytes, rng: np.rando
     return rng.integers(size_min_bytes, size_max_bytes + 1, size=n, dtype=np.int64)
 
 
-def from_config(traffic, hosts: int, base_dir: str = "."):
-    """``(src, dst, size_bytes, start_ps)`` for a :class:`fabricsim.config.TrafficConfig`."""
+def from_config(traffic, hosts: int, base_dir: str = ".") -> FlowBatch:
+    """The :class:`FlowBatch` of a :class:`fabricsim.config.TrafficConfig`."""
     rng = np.random.default_rng(traffic.seed)
+    offset_ps = int(round(traffic.start_us * 1e6))
     if traffic.pattern == "permutation":
         src, dst = permutation(hosts, rng)
     elif traffic.pattern == "all_to_all":
@@ -108,12 +124,20 @@ def from_config(traffic, hosts: int, base_dir: str = "."):
                           traffic.target, rng)
     else:
         path = traffic.file if os.path.isabs(traffic.file) else os.path.join(base_dir, traffic.file)
+        if traffic.pattern == "htsim":
+            from fabricsim.htsim import read_connection_matrix
+
+            cm = read_connection_matrix(path)
+            require(cm.nodes <= hosts, "traffic.file",
+                    f"{path} has Nodes {cm.nodes} but the fabric has only {hosts} hosts")
+            start = np.where(cm.start_ps >= 0, cm.start_ps + offset_ps, -1)
+            return FlowBatch(cm.src, cm.dst, cm.size_bytes, start, cm.triggers)
         m = read_matrix(path, hosts)
         src, dst = np.nonzero((m > 0) & ~np.eye(hosts, dtype=bool))
         sizes = np.round(m[src, dst]).astype(np.int64)
-        start = np.full(src.shape[0], int(round(traffic.start_us * 1e6)), np.int64)
-        return src.astype(np.int64), dst.astype(np.int64), sizes, start
+        start = np.full(src.shape[0], offset_ps, np.int64)
+        return FlowBatch(src.astype(np.int64), dst.astype(np.int64), sizes, start)
     sizes = flow_sizes(src.shape[0], traffic.size_bytes, traffic.size_min_bytes,
                        traffic.size_max_bytes, rng)
-    start = np.full(src.shape[0], int(round(traffic.start_us * 1e6)), np.int64)
-    return src, dst, sizes, start
+    start = np.full(src.shape[0], offset_ps, np.int64)
+    return FlowBatch(src, dst, sizes, start)

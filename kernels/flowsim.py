@@ -56,6 +56,7 @@ import numpy as np
 from fabricsim._jit import njit
 from fabricsim.kernels.heaps import heap_pop, heap_push, heap_update
 from fabricsim.kernels.maxmin import fill_subset
+from fabricsim.kernels.triggers import fire
 
 __all__ = ["FlowState", "new_state", "advance", "next_event_time", "settle_links", "STATUS_NAMES"]
 
@@ -113,12 +114,23 @@ class FlowState(NamedTuple):
     ev_time_ps: np.ndarray
     ev_link: np.ndarray
     ev_capacity_bps: np.ndarray
+    trig_kind: np.ndarray
+    trig_need: np.ndarray
+    trig_ptr: np.ndarray
+    trig_targets: np.ndarray
+    trig_state: np.ndarray
+    flow_trig: np.ndarray
+    ready_buf: np.ndarray
     clock: np.ndarray
 
 
 def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_time_ps, ev_link,
-              ev_capacity_bps, weight=None, rate_cap_bps=None) -> FlowState:
-    """Allocate the engine state for validated inputs (see :func:`fabricsim.simulate_flows`)."""
+              ev_capacity_bps, weight=None, rate_cap_bps=None, triggers=None) -> FlowState:
+    """Allocate the engine state for validated inputs (see :func:`fabricsim.simulate_flows`).
+
+    ``triggers``: ``(trig_kind, trig_need, trig_ptr, trig_targets, flow_trig int64[F, 2])`` (see
+    :mod:`fabricsim.kernels.triggers`); flows started by a trigger have ``start_ps = -1``.
+    """
     n_flows = route_ptr.shape[0] - 1
     n_links = capacity_bps.shape[0]
     nnz = route_links.shape[0]
@@ -129,10 +141,15 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
         weight = np.ones(n_flows)
     if rate_cap_bps is None:
         rate_cap_bps = np.full(n_flows, np.inf)
-    order = np.argsort(start_ps, kind="stable").astype(np.int64)
+    timed = np.flatnonzero(start_ps >= 0)
+    order = timed[np.argsort(start_ps[timed], kind="stable")].astype(np.int64)
+    if triggers is None:
+        triggers = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64),
+                    np.zeros(0, np.int64), np.full((n_flows, 2), -1, np.int64))
+    trig_kind, trig_need, trig_ptr, trig_targets, flow_trig = triggers
     clock = np.zeros(16, np.int64)
     clock[C_RESOLVE_AT] = INF_PS
-    clock[C_NOW] = int(start_ps.min()) if n_flows else 0
+    clock[C_NOW] = int(start_ps[timed].min()) if timed.size else 0
     if ev_time_ps.shape[0]:
         clock[C_NOW] = min(clock[C_NOW], int(ev_time_ps[0]))
     return FlowState(
@@ -151,7 +168,10 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
         link_buf=np.empty(n_links, np.int64),
         resid_bps=np.zeros(n_links), old_rate=np.zeros(n_flows), in_dirty=np.zeros(n_flows, np.bool_),
         dirty_buf=np.empty(n_flows, np.int64), theta=np.full(1, np.inf),
-        ev_time_ps=ev_time_ps, ev_link=ev_link, ev_capacity_bps=ev_capacity_bps, clock=clock,
+        ev_time_ps=ev_time_ps, ev_link=ev_link, ev_capacity_bps=ev_capacity_bps,
+        trig_kind=trig_kind, trig_need=trig_need, trig_ptr=trig_ptr, trig_targets=trig_targets,
+        trig_state=np.zeros((trig_kind.shape[0], 2), np.int64), flow_trig=flow_trig,
+        ready_buf=np.empty(n_flows, np.int64), clock=clock,
     )
 
 
@@ -434,6 +454,16 @@ def _local_solve(st, n_set, now):
     st.clock[C_LOCAL_SOLVES] += 1
 
 
+@njit(inline="always")
+def _arrive(st, f, now, n_set, n_marked):
+    """Activate flow ``f``, put it in the re-solve set and mark its links."""
+    _activate(st, f, now)
+    n_set = _push_unique(st.in_set, st.set_buf, f, n_set)
+    for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
+        n_marked = _push_unique(st.link_mark, st.link_buf, st.route_links[p], n_marked)
+    return n_set, n_marked
+
+
 @njit
 def next_event_time(st):
     """Time (ps) of the next arrival, completion, capacity change or due re-solve; INF_PS if none."""
@@ -457,18 +487,22 @@ def advance(st, until_ps, max_events, tolerance):
     batching departures (rates stay feasible meanwhile; freed capacity idles until then).
     Arrivals and capacity changes always re-solve at once.
 
+    Flows started by a trigger (:mod:`fabricsim.kernels.triggers`) arrive at the instant the
+    completion that fires it happens (the send and receive sides of a flow finish together in
+    the fluid model).
+
     Returns DONE (every flow finished and no capacity event left), PAUSED (stopped by
-    ``until_ps`` or ``max_events``; call again to continue) or DEADLOCK (active flows all held at
-    rate 0 with nothing left that could release them).
+    ``until_ps`` or ``max_events``; call again to continue) or DEADLOCK (nothing left to happen
+    but flows unfinished: held at rate 0 by a link that never comes back, or never triggered).
     """
     clock = st.clock
-    n_flows = st.order.shape[0]
+    n_timed = st.order.shape[0]
     n_events = st.ev_time_ps.shape[0]
     handled = 0
     while True:
         t = next_event_time(st)
         if t == INF_PS:
-            if clock[C_N_ACTIVE] > 0:
+            if clock[C_N_DONE] < st.start_ps.shape[0]:
                 return DEADLOCK
             return DONE
         if t > until_ps or handled >= max_events:
@@ -481,6 +515,7 @@ def advance(st, until_ps, max_events, tolerance):
         theta = np.inf
         level = np.inf
         oldest = 0
+        n_ready = 0
         # 1. completions: remember the departed flows' smallest level and largest age
         while clock[C_HEAP_SIZE] > 0 and st.fin_key[st.heap[0]] == t:
             f, clock[C_HEAP_SIZE] = heap_pop(st.heap, st.heap_pos, clock[C_HEAP_SIZE], st.fin_key)
@@ -495,6 +530,11 @@ def advance(st, until_ps, max_events, tolerance):
             st.finish_ps[f] = t
             st.done_order[clock[C_N_DONE]] = f
             clock[C_N_DONE] += 1
+            for side in range(2):  # send-done, then receive-done trigger
+                k = st.flow_trig[f, side]
+                if k >= 0:
+                    n_ready = fire(k, st.trig_kind, st.trig_need, st.trig_ptr, st.trig_targets,
+                                   st.trig_state, st.ready_buf, n_ready)
             _deactivate(st, f)
             for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
                 n_marked = _push_unique(st.link_mark, st.link_buf, st.route_links[p], n_marked)
@@ -525,14 +565,16 @@ def advance(st, until_ps, max_events, tolerance):
         # 3. arrivals: a new flow can only disturb levels above its links' equal shares
         n_new = 0
         n_marked = 0
-        while clock[C_NEXT_ARRIVAL] < n_flows and st.start_ps[st.order[clock[C_NEXT_ARRIVAL]]] == t:
+        while clock[C_NEXT_ARRIVAL] < n_timed and st.start_ps[st.order[clock[C_NEXT_ARRIVAL]]] == t:
             f = st.order[clock[C_NEXT_ARRIVAL]]
             clock[C_NEXT_ARRIVAL] += 1
-            _activate(st, f, t)
-            n_set = _push_unique(st.in_set, st.set_buf, f, n_set)
+            n_set, n_marked = _arrive(st, f, t, n_set, n_marked)
             n_new += 1
-            for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
-                n_marked = _push_unique(st.link_mark, st.link_buf, st.route_links[p], n_marked)
+        for i in range(n_ready):  # flows triggered by this instant's completions
+            f = st.ready_buf[i]
+            st.start_ps[f] = t
+            n_set, n_marked = _arrive(st, f, t, n_set, n_marked)
+            n_new += 1
         if n_new:
             for m in range(n_marked):
                 l = st.link_buf[m]

@@ -33,6 +33,12 @@ Flows. At ``start_ps`` (event START) a flow whose route crosses a link of capaci
 every link of its route is up again (the released simulator's rule for circuits being
 reconfigured); otherwise it starts: a flow of 0 bytes finishes at once, any other one sends.
 
+Triggers (htsim's connection-matrix triggers, :mod:`fabricsim.kernels.triggers`). A flow may
+name a trigger to activate when its sender is done (its last packet acknowledged) and one when its
+receiver is done; a flow with no start time is started by its trigger: the activation schedules
+its START at that instant (a flow of 0 bytes is done on both sides when it starts: send side
+first).
+
 Receiver. On a data packet: mark it received, advance the cumulative ``cum`` over received
 packets, and send an ACK carrying ``ackno = cum``, ECN-echo = the packet's CE bit and the packet's
 send timestamp. The flow *finishes* when its receiver holds every packet (``finish_ps``).
@@ -104,6 +110,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fabricsim._jit import njit
+from fabricsim.kernels.triggers import fire
 
 __all__ = ["PacketState", "PacketParams", "new_state", "advance", "grow", "next_event_time", "DONE",
            "PAUSED", "GROW", "DEADLOCK"]
@@ -117,7 +124,7 @@ DONE, PAUSED, GROW, DEADLOCK = 0, 1, 2, 3
 # clock[] indices
 C_NOW, C_SEQ, C_TX_SIZE, C_FREE_HEAD, C_N_FREE, C_N_DONE, C_EVENTS = 0, 1, 2, 3, 4, 5, 6
 C_N_WAITING, C_TM_SIZE, C_DATA_HOPS, C_ALL_HOPS, C_PEAK_PKTS = 7, 8, 9, 10, 11
-C_START_PTR, C_CAP_PTR, C_SD_HEAD, C_SD_COUNT = 12, 13, 14, 15
+C_START_PTR, C_CAP_PTR, C_SD_HEAD, C_SD_COUNT, C_RD_HEAD, C_RD_COUNT = 12, 13, 14, 15, 16, 17
 # params[] indices
 K_MTU, K_HDR, K_BUFFER, K_ECN_K, K_INIT_CWND, K_SSTHRESH, K_MIN_RTO, K_BURST = range(8)
 # packet columns; flags
@@ -165,6 +172,14 @@ class PacketState(NamedTuple):
     tm: np.ndarray
     sd: np.ndarray
     start_order: np.ndarray
+    rd: np.ndarray
+    trig_kind: np.ndarray
+    trig_need: np.ndarray
+    trig_ptr: np.ndarray
+    trig_targets: np.ndarray
+    trig_state: np.ndarray
+    flow_trig: np.ndarray
+    fire_buf: np.ndarray
     waiting: np.ndarray
     done_order: np.ndarray
     ev_time_ps: np.ndarray
@@ -177,8 +192,12 @@ class PacketState(NamedTuple):
 
 def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_bps, delay_ps,
               ev_time_ps, ev_link, ev_capacity_bps, params: PacketParams = PacketParams(),
-              pool_cap: int | None = None) -> PacketState:
-    """Allocate the engine state; ``ack_links`` is the reversed route in CSR form (same ptr)."""
+              pool_cap: int | None = None, triggers=None) -> PacketState:
+    """Allocate the engine state; ``ack_links`` is the reversed route in CSR form (same ptr).
+
+    ``triggers``: ``(trig_kind, trig_need, trig_ptr, trig_targets, flow_trig int64[F, 2])`` (see
+    :mod:`fabricsim.kernels.triggers`); flows started by a trigger have ``start_ps = -1``.
+    """
     n_flows = route_ptr.shape[0] - 1
     n_links = capacity_bps.shape[0]
     mss = params.mtu_bytes - params.hdr_bytes
@@ -214,6 +233,11 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
     p = np.array([params.mtu_bytes, params.hdr_bytes, params.buffer_pkts * params.mtu_bytes,
                   params.ecn_k_pkts * params.mtu_bytes, params.init_cwnd_pkts * mss,
                   params.ssthresh_pkts * mss, params.min_rto_ps, params.burst], np.int64)
+    if triggers is None:
+        triggers = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64),
+                    np.zeros(0, np.int64), np.full((n_flows, 2), -1, np.int64))
+    trig_kind, trig_need, trig_ptr, trig_targets, flow_trig = triggers
+    timed = np.flatnonzero(start_ps >= 0)
     clock = np.zeros(24, np.int64)
     clock[C_SEQ] = n_flows + ev_time_ps.shape[0]
     clock[C_N_FREE] = pool_cap
@@ -223,7 +247,11 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
         ar=np.zeros((n_classes, pool_cap, 3), np.int64), ar_hc=np.zeros((n_classes, 2), np.int64),
         tx=np.zeros((n_links, 3), np.int64), tm=np.zeros((n_flows, 3), np.int64),
         sd=np.zeros((n_flows, 3), np.int64),
-        start_order=np.lexsort((np.arange(n_flows), start_ps)).astype(np.int64),
+        start_order=timed[np.lexsort((timed, start_ps[timed]))].astype(np.int64),
+        rd=np.zeros((n_flows, 3), np.int64), trig_kind=trig_kind, trig_need=trig_need,
+        trig_ptr=trig_ptr, trig_targets=trig_targets,
+        trig_state=np.zeros((trig_kind.shape[0], 2), np.int64), flow_trig=flow_trig,
+        fire_buf=np.empty(n_flows, np.int64),
         waiting=np.empty(n_flows, np.int64), done_order=np.empty(n_flows, np.int64),
         ev_time_ps=ev_time_ps, ev_link=ev_link, ev_capacity_bps=ev_capacity_bps,
         clock=clock, params=p, g=np.array([params.dctcp_g]),
@@ -326,9 +354,22 @@ def _ring_pop(ring, hc):
     return arg
 
 
+@njit
+def _ring_push_any(ring, hc, t, seq, arg):
+    """:func:`_ring_push` for a ring of any size (modulo instead of a mask)."""
+    i = (hc[0] + hc[1]) % ring.shape[0]
+    ring[i, 0] = t
+    ring[i, 1] = seq
+    ring[i, 2] = arg
+    hc[1] += 1
+
+
 @njit(inline="always")
-def _next_event(ar, ar_hc, tx, tm, sd, start_order, fi, ev_time_ps, clock):
-    """The earliest pending event: (time, kind, arrival class); kind -1 when none is left."""
+def _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, fi, ev_time_ps, clock):
+    """The earliest pending event: (time, kind, source); kind -1 when none is left.
+
+    The source is the arrival class of EV_ARRIVE, and for EV_START 0 (a timed start) or 1 (a
+    start fired by a trigger)."""
     best_t = INF_PS
     best_s = INF_PS
     kind = -1
@@ -349,7 +390,11 @@ def _next_event(ar, ar_hc, tx, tm, sd, start_order, fi, ev_time_ps, clock):
     if clock[C_START_PTR] < start_order.shape[0]:
         f = start_order[clock[C_START_PTR]]
         if _before(fi[f, F_START], f, best_t, best_s):
-            best_t, best_s, kind = fi[f, F_START], f, EV_START
+            best_t, best_s, kind, src = fi[f, F_START], f, EV_START, 0
+    if clock[C_RD_COUNT]:
+        h = clock[C_RD_HEAD]
+        if _before(rd[h, 0], rd[h, 1], best_t, best_s):
+            best_t, best_s, kind, src = rd[h, 0], rd[h, 1], EV_START, 1
     if clock[C_CAP_PTR] < ev_time_ps.shape[0]:
         e = clock[C_CAP_PTR]
         seq = start_order.shape[0] + e
@@ -504,7 +549,10 @@ def _finish(fi, done_order, clock, f, now):
 
 @njit
 def _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params, ack_links, p, now):
-    """A data packet reaches its receiver: record it and send the cumulative ACK (reusing ``p``)."""
+    """A data packet reaches its receiver: record it and send the cumulative ACK (reusing ``p``).
+
+    Returns True when this packet completed the flow."""
+    finished = False
     f = pk[p, P_FLOW]
     seq = pk[p, P_SEQ]
     base = fi[f, F_BASE]
@@ -520,15 +568,19 @@ def _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params, ack_link
         fi[f, F_CUM] = c
         if c == n and fi[f, F_FINISH] < 0:
             _finish(fi, done_order, clock, f, now)
+            finished = True
     pk[p, P_FLAGS] = FL_ACK | (flags & FL_CE)  # the CE bit becomes the ECN echo
     pk[p, P_SIZE] = params[K_HDR]
     pk[p, P_SEQ] = fi[f, F_CUM]  # ackno; P_TS keeps the echoed timestamp
     pk[p, P_HOP] = 0
     _enqueue(pk, lk, lcap, fi, tx, clock, params, p, ack_links[fi[f, F_ROUTE]], now)
+    return finished
 
 
 @njit
 def _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, now):
+    """An ACK reaches its sender (steps 1-4 of the module docstring). Returns True when it
+    acknowledged the flow's last packet (the sender is done)."""
     f = pk[p, P_FLOW]
     ackno = pk[p, P_SEQ]
     ece = (pk[p, P_FLAGS] & FL_CE) != 0
@@ -536,7 +588,7 @@ def _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, 
     _free(pk, clock, p)
     mss = float(params[K_MTU] - params[K_HDR])
     if fi[f, F_ACKED] >= fi[f, F_NPKTS]:
-        return
+        return False
     # 1. RTT estimate
     r = float(now - ts)
     if ff[f, W_SRTT] == 0.0:
@@ -588,6 +640,7 @@ def _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, 
             fi[f, F_RECOVER] = fi[f, F_NEXT]
             _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, ackno, now, True)
     _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now)
+    return fi[f, F_ACKED] >= fi[f, F_NPKTS]
 
 
 @njit
@@ -620,8 +673,8 @@ def _route_up(fi, lcap, route_links, f):
 @njit
 def next_event_time(st):
     """Time (ps) of the next event, INF_PS when none is left."""
-    return _next_event(st.ar, st.ar_hc, st.tx, st.tm, st.sd, st.start_order, st.fi, st.ev_time_ps,
-                       st.clock)[0]
+    return _next_event(st.ar, st.ar_hc, st.tx, st.tm, st.sd, st.rd, st.start_order, st.fi,
+                       st.ev_time_ps, st.clock)[0]
 
 
 @njit
@@ -635,7 +688,9 @@ def advance(st, until_ps, max_events):
     pk, lk, lcap, fi, ff, got = st.pk, st.lk, st.lcap, st.fi, st.ff, st.got
     route_links, ack_links = st.route_links, st.ack_links
     ar, ar_hc, tx, tm, sd = st.ar, st.ar_hc, st.tx, st.tm, st.sd
-    start_order, waiting, done_order = st.start_order, st.waiting, st.done_order
+    start_order, waiting, done_order, rd = st.start_order, st.waiting, st.done_order, st.rd
+    trig_kind, trig_need, trig_ptr, trig_targets = st.trig_kind, st.trig_need, st.trig_ptr, st.trig_targets
+    trig_state, flow_trig, fire_buf = st.trig_state, st.flow_trig, st.fire_buf
     ev_time_ps, ev_link, ev_cap = st.ev_time_ps, st.ev_link, st.ev_capacity_bps
     clock, params = st.clock, st.params
     g = st.g[0]
@@ -643,7 +698,7 @@ def advance(st, until_ps, max_events):
     reserve = 4 * params[K_BURST] + 16
     handled = 0
     while True:
-        t, kind, src = _next_event(ar, ar_hc, tx, tm, sd, start_order, fi, ev_time_ps, clock)
+        t, kind, src = _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, fi, ev_time_ps, clock)
         if kind < 0:
             return DONE if clock[C_N_DONE] == n_flows else DEADLOCK
         if t > until_ps or handled >= max_events:
@@ -660,9 +715,13 @@ def advance(st, until_ps, max_events):
             is_ack = pk[p, P_FLAGS] & FL_ACK
             if h == fi[f, F_HOPS]:
                 if is_ack:
-                    _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, t)
+                    side = 0 if _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, t) else -1
                 else:
-                    _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params, ack_links, p, t)
+                    side = 1 if _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params,
+                                              ack_links, p, t) else -1
+                if side >= 0 and flow_trig[f, side] >= 0:
+                    _fire(trig_kind, trig_need, trig_ptr, trig_targets, trig_state, fire_buf, rd, clock,
+                          flow_trig[f, side], t)
             else:
                 links = ack_links if is_ack else route_links
                 _enqueue(pk, lk, lcap, fi, tx, clock, params, p, links[fi[f, F_ROUTE] + h], t)
@@ -684,10 +743,19 @@ def advance(st, until_ps, max_events):
             fi[f, F_SENDQ] = 0
             _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, t)
         elif kind == EV_START:
-            f = start_order[clock[C_START_PTR]]
-            clock[C_START_PTR] += 1
+            if src == 0:
+                f = start_order[clock[C_START_PTR]]
+                clock[C_START_PTR] += 1
+            else:
+                h = clock[C_RD_HEAD]
+                f = rd[h, 2]
+                clock[C_RD_HEAD] = (h + 1) % rd.shape[0]
+                clock[C_RD_COUNT] -= 1
+                fi[f, F_START] = t
             if _route_up(fi, lcap, route_links, f):
-                _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params, route_links, f, t)
+                if _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params, route_links, f, t):
+                    _fire_both(trig_kind, trig_need, trig_ptr, trig_targets, trig_state, fire_buf, rd,
+                               clock, flow_trig, f, t)
             else:
                 fi[f, F_STATUS] = F_WAITING
                 waiting[clock[C_N_WAITING]] = f
@@ -705,8 +773,10 @@ def advance(st, until_ps, max_events):
                 for i in range(clock[C_N_WAITING]):
                     f = waiting[i]
                     if _route_up(fi, lcap, route_links, f):
-                        _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params,
-                                    route_links, f, t)
+                        if _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params,
+                                       route_links, f, t):
+                            _fire_both(trig_kind, trig_need, trig_ptr, trig_targets, trig_state,
+                                       fire_buf, rd, clock, flow_trig, f, t)
                     else:
                         waiting[kept] = f
                         kept += 1
@@ -715,8 +785,29 @@ def advance(st, until_ps, max_events):
 
 @njit
 def _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params, route_links, f, now):
+    """Start flow ``f``; returns True when it has no packet and so finished at once."""
     fi[f, F_STATUS] = F_ACTIVE
     if fi[f, F_NPKTS] == 0:
         _finish(fi, done_order, clock, f, now)
-        return
+        return True
     _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now)
+    return False
+
+
+@njit
+def _fire(trig_kind, trig_need, trig_ptr, trig_targets, trig_state, fire_buf, rd, clock, k, now):
+    """Activate trigger ``k``: the flows it starts get START events now (in target order)."""
+    n = fire(k, trig_kind, trig_need, trig_ptr, trig_targets, trig_state, fire_buf, 0)
+    for i in range(n):
+        hc = clock[C_RD_HEAD:C_RD_COUNT + 1]
+        _ring_push_any(rd, hc, now, _take_seq(clock), fire_buf[i])
+
+
+@njit
+def _fire_both(trig_kind, trig_need, trig_ptr, trig_targets, trig_state, fire_buf, rd, clock, flow_trig,
+               f, now):
+    """A flow finished on both sides at once (no packets): its send-done then receive-done trigger."""
+    for side in range(2):
+        if flow_trig[f, side] >= 0:
+            _fire(trig_kind, trig_need, trig_ptr, trig_targets, trig_state, fire_buf, rd, clock,
+                  flow_trig[f, side], now)

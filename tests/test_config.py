@@ -248,7 +248,7 @@ def test_every_builder_and_pattern_accepted():
         fab = dict(FAB) if b == "fat_tree" else {"builder": b, "servers": 2}
         assert scenario(fabric=fab).fabric.builder == b
     for p in TRAFFIC_PATTERNS:
-        t = {"pattern": p, "file": "m.csv"} if p == "matrix" else {"pattern": p, **S}
+        t = {"pattern": p, "file": "m.csv"} if p in ("matrix", "htsim") else {"pattern": p, **S}
         assert scenario(traffic=t).traffic.pattern == p
 
 

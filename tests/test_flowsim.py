@@ -321,7 +321,7 @@ def test_invariants(case, tolerance):
     done_ids, done_times, samples, progress = [], [], [], []
     sample_ps = 10**8
 
-    def on_flows(ids, finish):
+    def on_flows(ids, finish, start):
         done_ids.extend(ids.tolist())
         done_times.extend(finish.tolist())
 

@@ -159,20 +159,20 @@ def test_flow_sizes_constant_and_uniform():
 def test_from_config_patterns():
     t = TrafficConfig(pattern="all_to_all", group_size=4, size_min_bytes=1, size_max_bytes=100,
                       seed=3, start_us=2.5)
-    src, dst, size, start = from_config(t, 16)
+    src, dst, size, start, _ = from_config(t, 16)
     assert src.size == 16 * 3
     assert np.all(start == 2_500_000) and start.dtype == np.int64
     assert np.all((size >= 1) & (size <= 100))
-    src2, dst2, size2, _ = from_config(t, 16)
+    src2, dst2, size2, _, _ = from_config(t, 16)
     np.testing.assert_array_equal(size, size2)  # seeded
 
-    src, dst, size, start = from_config(TrafficConfig(size_bytes=5), 32)
+    src, dst, size, start, _ = from_config(TrafficConfig(size_bytes=5), 32)
     check_derangement(32, src, dst)
     assert np.all(size == 5) and np.all(start == 0)
 
-    src, dst, size, _ = from_config(TrafficConfig(pattern="incast", size_bytes=5, target=4), 16)
+    src, dst, size, _, _ = from_config(TrafficConfig(pattern="incast", size_bytes=5, target=4), 16)
     assert sorted(src.tolist()) == [h for h in range(16) if h != 4] and np.all(dst == 4)
-    src, dst, size, _ = from_config(TrafficConfig(pattern="incast", size_bytes=5, fan_in=3, seed=9), 16)
+    src, dst, size, _, _ = from_config(TrafficConfig(pattern="incast", size_bytes=5, fan_in=3, seed=9), 16)
     assert src.size == 3 and 0 not in src
 
 
@@ -211,7 +211,7 @@ def test_matrix_formats(tmp_path, ext):
     write_matrix(path, m)
     np.testing.assert_array_equal(read_matrix(str(path), 8), m)
     # relative to base_dir
-    src, dst, size, start = from_config(TrafficConfig(pattern="matrix", file=path.name, start_us=1),
+    src, dst, size, start, _ = from_config(TrafficConfig(pattern="matrix", file=path.name, start_us=1),
                                         8, str(tmp_path))
     es, ed = np.nonzero((m > 0) & ~np.eye(8, dtype=bool))
     np.testing.assert_array_equal(src, es)
