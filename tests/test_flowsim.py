@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import naive
@@ -229,61 +229,86 @@ def test_weights_and_caps_in_the_engine():
 CAPACITIES = [1e9, 2.5e9, 8e9, 1e10, 4e10, 1e11]
 capacity_st = st.one_of(st.sampled_from(CAPACITIES), st.floats(1e9, 1e11))
 END_PS = 2 * 10**9
+# "Grid" values: binary-friendly rates and round sizes and times, so that arrivals, completions
+# and capacity changes often coincide (events coalesced at one picosecond).
+GRID_CAPACITIES = [1e9, 2e9, 4e9, 8e9, 1.6e10, 6.4e10]
+GRID_SIZES = [0, 1000, 2000, 4000, 10_000, 100_000]
+GRID_TIMES = [0, 10**6, 2 * 10**6, 4 * 10**6, 8 * 10**6, 10**7, 10**8]
 
 
 @st.composite
 def fluid_cases(draw, capacity_events=True, zero_capacity=True):
     """Small random runs: 2-8 links, 1-12 flows over 1-4 distinct links each, starts and capacity
     events spread over the flows' durations (a 100 kB flow at 1-100 Gbit/s takes 8e6-8e8 ps)."""
+    grid = draw(st.booleans())
     n_links = draw(st.integers(2, 8))
     n_flows = draw(st.integers(1, 12))
-    cap = st.one_of(capacity_st, st.just(0.0)) if zero_capacity else capacity_st
+    cap = st.sampled_from(GRID_CAPACITIES) if grid else capacity_st
+    if zero_capacity:
+        cap = st.one_of(cap, st.just(0.0))
+    size_st = st.sampled_from(GRID_SIZES) if grid else st.one_of(st.just(0), st.integers(1, 100_000))
+    time_st = st.sampled_from(GRID_TIMES) if grid else st.integers(0, 10**9)
     capacity = draw(st.lists(cap, min_size=n_links, max_size=n_links))
     routes = [draw(st.lists(st.integers(0, n_links - 1), min_size=1, max_size=min(4, n_links),
                             unique=True)) for _ in range(n_flows)]
-    size = draw(st.lists(st.one_of(st.just(0), st.integers(1, 100_000)), min_size=n_flows,
-                         max_size=n_flows))
+    size = draw(st.lists(size_st, min_size=n_flows, max_size=n_flows))
     if draw(st.booleans()):
-        start = draw(st.lists(st.integers(0, 10**9), min_size=n_flows, max_size=n_flows))
+        start = draw(st.lists(time_st, min_size=n_flows, max_size=n_flows))
     else:
         start = [0] * n_flows
     events = []
     if capacity_events:
-        events = draw(st.lists(st.tuples(st.integers(0, END_PS), st.integers(0, n_links - 1), cap),
-                               max_size=8))
+        event_time = st.sampled_from(GRID_TIMES + [END_PS]) if grid else st.integers(0, END_PS)
+        events = draw(st.lists(st.tuples(event_time, st.integers(0, n_links - 1), cap), max_size=8))
         if draw(st.booleans()):  # restore every link at the end: every flow finishes
             events += [(END_PS, l, 1e10) for l in range(n_links)]
     return routes, capacity, size, start, events
 
 
-def n_event_times(start, events, finish):
-    return len(set(start) | {e[0] for e in events} | {f for f in finish if not math.isnan(f)})
+def finish_atol(capacity, events, start, ref_finish):
+    """Absolute tolerance (ps) between the kernel's and the reference's finish times.
+
+    The kernel rounds every completion up to the next ps, so a departing flow leaves up to 1 ps
+    late and its neighbours keep their old rates up to 1 ps too long; the bytes they gain or lose
+    (<= max capacity x 1 ps) are made up at their later rates, which costs up to
+    max_capacity / min_capacity ps. These lags add up over the run's event times (a few tens).
+    A wrong rate, by contrast, shifts finishes by a fraction of a whole flow time (>= 1e5 ps here).
+    """
+    positive = [c for c in list(capacity) + [e[2] for e in events] if c > 0]
+    amplification = max(positive) / min(positive) if positive else 1.0
+    times = set(start) | {e[0] for e in events} | {f for f in ref_finish if not math.isnan(f)}
+    return 2.0 + 2.0 * len(times) * amplification
 
 
-@settings(max_examples=250)
+def finishes_near_a_link_down(events, ref_finish, atol):
+    """True when a reference completion lies within ``atol`` of a link going down to 0.
+
+    The one discontinuity of the comparison: such a flow, a few ps late in the kernel, is held by
+    the dead link until it comes back. These coincidences are rare with random values (a handful
+    in 10^5 runs on the grid values); the tests skip them.
+    """
+    down = np.array([t for t, _, c in events if c == 0.0], dtype=np.float64)
+    done = ref_finish[~np.isnan(ref_finish)]
+    return bool(down.size and done.size and np.any(np.abs(down[:, None] - done[None, :]) <= atol))
+
+
+@settings(max_examples=300)
 @given(fluid_cases())
 def test_exact_engine_matches_fluid_reference(case):
     routes, capacity, size, start, events = case
     out = run(routes, capacity, size, start, events, tolerance=0.0)
     ref_finish, ref_bytes, ref_status = naive.fluid_sim(routes, capacity, size, start, events)
+    atol = finish_atol(capacity, events, start, ref_finish)
+    assume(not finishes_near_a_link_down(events, ref_finish, atol))
 
+    done = ~np.isnan(ref_finish)
     assert out.status == ref_status
-    unfinished = np.isnan(ref_finish)
-    np.testing.assert_array_equal(out.finish_ps < 0, unfinished)
-    np.testing.assert_array_equal(out.finish_ps[unfinished], -1)
-    # Tolerance. The kernel rounds every completion up to the next ps, so a departing flow leaves
-    # up to 1 ps late and its neighbours keep their old rates up to 1 ps too long; the bytes they
-    # gain or lose (<= max capacity x 1 ps) are made up at their later rates, which costs up to
-    # max_capacity / min_capacity ps. These lags add up over the run's event times (a few tens).
-    # A wrong rate, by contrast, shifts finishes by a fraction of a whole flow time (>= 1e5 ps here).
-    positive = [c for c in list(capacity) + [e[2] for e in events] if c > 0]
-    amplification = max(positive) / min(positive) if positive else 1.0
-    atol = 2.0 + 2.0 * n_event_times(start, events, ref_finish) * amplification
-    done = ~unfinished
+    np.testing.assert_array_equal(out.finish_ps >= 0, done)
+    np.testing.assert_array_equal(out.finish_ps[~done], -1)
     np.testing.assert_allclose(out.finish_ps[done], ref_finish[done], rtol=1e-9, atol=atol)
     assert np.all(out.finish_ps[done] >= np.asarray(start)[done])
     if out.status == "done":
-        max_cap = max(positive, default=0.0)
+        max_cap = max([c for c in list(capacity) + [e[2] for e in events]], default=0.0)
         assert_bytes_conserved(routes, size, out.link_bytes, max_cap)
         np.testing.assert_allclose(out.link_bytes, ref_bytes, rtol=1e-9,
                                    atol=len(routes) * max_cap / (8.0 * PS_PER_S) + 1e-9)
@@ -321,7 +346,7 @@ def test_invariants(case, tolerance):
     done_ids, done_times, samples, progress = [], [], [], []
     sample_ps = 10**8
 
-    def on_flows(ids, finish, start):
+    def on_flows(ids, finish, _start):
         done_ids.extend(ids.tolist())
         done_times.extend(finish.tolist())
 
@@ -379,15 +404,22 @@ def test_horizon_matches_reference(case, until):
     out = run(routes, capacity, size, start, events, tolerance=0.0, until_ps=until)
     ref_finish, ref_bytes, ref_status = naive.fluid_sim(routes, capacity, size, start, events,
                                                         until_ps=until)
+    atol = finish_atol(capacity, events, start, ref_finish)
+    assume(not finishes_near_a_link_down(events, ref_finish, atol))
     finished = out.finish_ps >= 0
     assert np.all(out.finish_ps[finished] <= until)
     if out.status == "horizon":
         assert out.end_ps == until
-    # Away from the horizon (a few ps of rounding), the same flows finish at the same times.
-    clear = np.isnan(ref_finish) | (np.abs(ref_finish - until) > 1e-6 * until + 1000)
+    # Away from the horizon (rounding), the same flows finish, at the same times.
+    clear = np.isnan(ref_finish) | (np.abs(ref_finish - until) > atol)
     np.testing.assert_array_equal(finished[clear], ~np.isnan(ref_finish[clear]))
     both = clear & finished
-    np.testing.assert_allclose(out.finish_ps[both], ref_finish[both], rtol=1e-6, atol=1000)
+    np.testing.assert_allclose(out.finish_ps[both], ref_finish[both], rtol=1e-9, atol=atol)
+    if ref_status == "horizon" and not np.any(np.abs(ref_finish - until) <= atol):
+        assert out.status == "horizon"
+        max_cap = max([c for c in list(capacity) + [e[2] for e in events]], default=0.0)
+        np.testing.assert_allclose(out.link_bytes, ref_bytes, rtol=1e-6,
+                                   atol=len(routes) * max_cap * atol / (8.0 * PS_PER_S) + 1e-6)
 
 
 def test_determinism_on_a_fabric():
