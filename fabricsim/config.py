@@ -186,7 +186,8 @@ class PacketConfig:
 
     Defaults are the released MixNet simulator's: 9000 B packets including a 64 B header,
     10,000-packet buffers, ECN marking above 50 packets, initial window 10 packets, initial
-    ssthresh 10,000 packets, minimum RTO 1 ms, DCTCP g = 1/16.
+    ssthresh 10,000 packets, minimum RTO 1 ms (initial RTO 1 s until the first RTT sample, as
+    RFC 6298), DCTCP g = 1/16.
     """
 
     mtu_bytes: int = 9000
@@ -196,6 +197,7 @@ class PacketConfig:
     init_cwnd_pkts: int = 10
     ssthresh_pkts: int = 10_000
     min_rto_us: float = 1000.0
+    init_rto_us: float = 1_000_000.0
     dctcp_g: float = 1.0 / 16.0
 
     def __post_init__(self):
@@ -206,6 +208,7 @@ class PacketConfig:
             require(getattr(self, name) >= 1, f"packet.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.ecn_k_pkts >= 0, "packet.ecn_k_pkts", f"must be >= 0, got {self.ecn_k_pkts}")
         require(self.min_rto_us > 0, "packet.min_rto_us", f"must be > 0, got {self.min_rto_us}")
+        require(self.init_rto_us > 0, "packet.init_rto_us", f"must be > 0, got {self.init_rto_us}")
         require(0 < self.dctcp_g <= 1, "packet.dctcp_g", f"must lie in (0, 1], got {self.dctcp_g}")
 
     def params(self):
@@ -215,7 +218,8 @@ class PacketConfig:
         return PacketParams(mtu_bytes=self.mtu_bytes, hdr_bytes=self.hdr_bytes,
                             buffer_pkts=self.buffer_pkts, ecn_k_pkts=self.ecn_k_pkts,
                             init_cwnd_pkts=self.init_cwnd_pkts, ssthresh_pkts=self.ssthresh_pkts,
-                            min_rto_ps=int(round(self.min_rto_us * 1e6)), dctcp_g=self.dctcp_g)
+                            min_rto_ps=int(round(self.min_rto_us * 1e6)),
+                            init_rto_ps=int(round(self.init_rto_us * 1e6)), dctcp_g=self.dctcp_g)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ Sender (DCTCP over NewReno-style TCP, window in bytes, float64):
   1. RTT sample ``r = now - ts`` (float); first sample (``srtt == 0``): ``srtt = r``,
      ``rttvar = r / 2``; later: ``rttvar = 0.75 rttvar + 0.25 |srtt - r|``, then
      ``srtt = 0.875 srtt + 0.125 r``; ``rto = max(min_rto, int(srtt + 4 rttvar))`` (truncated).
+     Before the first sample ``rto = init_rto`` (1 s by default, RFC 6298's initial value).
   2. DCTCP: ``seen += 1``; if ``ece``: ``marked += 1`` and, if ``ssthresh > cwnd``,
      ``ssthresh = cwnd``. When ``seen * mss >= cwnd`` (one window of ACKs):
      ``alpha = (1 - g) alpha + g marked / seen`` (g = 1/16); if ``marked > 0``:
@@ -153,6 +154,7 @@ class PacketParams(NamedTuple):
     init_cwnd_pkts: int = 10
     ssthresh_pkts: int = 10_000
     min_rto_ps: int = 1_000_000_000  # 1 ms
+    init_rto_ps: int = 1_000_000_000_000  # 1 s, until the first RTT sample (RFC 6298)
     dctcp_g: float = 1.0 / 16.0
     burst: int = 256
 
@@ -212,7 +214,7 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
     delays, link_class = np.unique(delay_ps, return_inverse=True)
     n_classes = max(1, delays.shape[0])
     fi = np.zeros((n_flows, 32), np.int64)
-    fi[:, F_RTO] = params.min_rto_ps
+    fi[:, F_RTO] = params.init_rto_ps
     fi[:, F_FINISH] = -1
     fi[:, F_NPKTS] = n_pkts
     fi[:, F_BASE] = base[:-1]
