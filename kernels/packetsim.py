@@ -73,7 +73,9 @@ Sender (DCTCP over NewReno-style TCP, window in bytes, float64):
   4. ``send``.
 - Timer (one pending TIMER event per flow at most): when it fires and every packet is acked, it
   disarms; when the deadline moved later, it re-arms at the deadline (staying armed); otherwise it
-  is a timeout: it disarms, ``ssthresh = max(cwnd / 2, 2 mss)``, ``cwnd = mss``, recovery ends,
+  disarms and, when a link of the flow's data or ACK path is at capacity 0 with no capacity event
+  left, stays off for good (the flow is stuck: the run ends in deadlock instead of retrying
+  forever); otherwise it is a timeout: ``ssthresh = max(cwnd / 2, 2 mss)``, ``cwnd = mss``, recovery ends,
   ``dupacks = 0``, ``next_seq = acked`` (go-back-N), then ``send`` (which re-arms it at
   ``now + rto``).
 
@@ -646,7 +648,8 @@ def _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, 
 
 
 @njit
-def _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now):
+def _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, ack_links, n_cap_events,
+              f, now):
     if fi[f, F_ACKED] >= fi[f, F_NPKTS]:
         fi[f, F_ARMED] = 0
         return
@@ -655,6 +658,9 @@ def _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, n
         clock[C_TM_SIZE] += 1
         return
     fi[f, F_ARMED] = 0
+    if clock[C_CAP_PTR] == n_cap_events and not (_route_up(fi, lcap, route_links, f)
+                                                 and _route_up(fi, lcap, ack_links, f)):
+        return  # a link of its path is down for good: the flow is stuck, its timer stays off
     mss = float(params[K_MTU] - params[K_HDR])
     ff[f, W_SSTH] = max(ff[f, W_CWND] / 2.0, 2.0 * mss)
     ff[f, W_CWND] = mss
@@ -736,7 +742,8 @@ def advance(st, until_ps, max_events):
             f = tm[0, 2]
             _heap_pop(tm, clock[C_TM_SIZE])
             clock[C_TM_SIZE] -= 1
-            _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, t)
+            _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, ack_links,
+                      ev_time_ps.shape[0], f, t)
         elif kind == EV_SEND:
             h = clock[C_SD_HEAD]
             f = sd[h, 2]

@@ -147,6 +147,7 @@ class RefPacketSim:
         for e, (t, l, c) in enumerate(events):
             heapq.heappush(self.events, (int(t), n_flows + e, CAPACITY, (int(l), float(c))))
         self.seq = n_flows + len(events)
+        self.cap_left = len(events)  # capacity events not yet applied
         self.now = 0
         self.n_events = 0
         self.waiting = []  # flows held by a down link, in the order they started waiting
@@ -241,6 +242,7 @@ class RefPacketSim:
             self.receiver_on_data(pkt)
 
     def on_capacity(self, link_id, capacity):
+        self.cap_left -= 1
         link = self.links[link_id]
         link.capacity = capacity
         if capacity > 0:
@@ -389,6 +391,8 @@ class RefPacketSim:
             self.schedule(fl.deadline, TIMER, fl)
             return
         fl.timer_armed = False
+        if self.cap_left == 0 and not all(l.capacity > 0 for l in fl.path + fl.ack_path):
+            return  # a link of its path is down for good: the flow is stuck, the timer stays off
         fl.timeouts += 1
         mss = float(self.mss)
         fl.ssthresh = max(fl.cwnd / 2.0, 2.0 * mss)

@@ -522,3 +522,17 @@ def assert_outputs_identical(a, b):
     assert {k: v for k, v in a.stats.items() if k != "wall_s"} == {k: v for k, v in b.stats.items() if k != "wall_s"}
     assert a.extra.keys() == b.extra.keys()
     assert all(a.extra[k].tobytes() == b.extra[k].tobytes() for k in a.extra)
+
+
+@pytest.mark.parametrize("which", ["data", "ack"])
+def test_link_dying_mid_flow_ends_in_deadlock(which):
+    """A link of a started flow's data (or ACK) path goes down for good: its timer stops at the
+    first timeout after the last capacity event, and the run ends in deadlock instead of
+    retransmitting forever; the flow on the other path finishes."""
+    topo, route = dumbbell(2)
+    routes = [route(0, 0), route(1, 1)]
+    link = routes[0][2] if which == "data" else routes[0][2] ^ 1
+    params = PacketParams(mtu_bytes=1500, min_rto_ps=50 * US, init_rto_ps=50 * US)
+    out, ref = compare(routes, topo, [200_000, 50_000], [0, 0], [(20 * US, link, 0.0)], params=params)
+    assert out.status == "deadlock"
+    assert out.finish_ps[0] == -1 and out.finish_ps[1] > 0
