@@ -56,7 +56,7 @@ import numpy as np
 from fabricsim._jit import njit
 from fabricsim.kernels.heaps import heap_pop, heap_push, heap_update
 from fabricsim.kernels.maxmin import fill_subset
-from fabricsim.kernels.triggers import fire
+from fabricsim.kernels.triggers import fire, no_triggers
 
 __all__ = ["FlowState", "new_state", "advance", "next_event_time", "settle_links", "STATUS_NAMES"]
 
@@ -144,8 +144,7 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
     timed = np.flatnonzero(start_ps >= 0)
     order = timed[np.argsort(start_ps[timed], kind="stable")].astype(np.int64)
     if triggers is None:
-        triggers = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64),
-                    np.zeros(0, np.int64), np.full((n_flows, 2), -1, np.int64))
+        triggers = no_triggers(n_flows)
     trig_kind, trig_need, trig_ptr, trig_targets, flow_trig = triggers
     clock = np.zeros(16, np.int64)
     clock[C_RESOLVE_AT] = INF_PS

@@ -113,7 +113,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fabricsim._jit import njit
-from fabricsim.kernels.triggers import fire
+from fabricsim.kernels.triggers import fire, no_triggers
 
 __all__ = ["PacketState", "PacketParams", "new_state", "advance", "grow", "next_event_time", "DONE",
            "PAUSED", "GROW", "DEADLOCK"]
@@ -238,8 +238,7 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
                   params.ecn_k_pkts * params.mtu_bytes, params.init_cwnd_pkts * mss,
                   params.ssthresh_pkts * mss, params.min_rto_ps, params.burst], np.int64)
     if triggers is None:
-        triggers = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64),
-                    np.zeros(0, np.int64), np.full((n_flows, 2), -1, np.int64))
+        triggers = no_triggers(n_flows)
     trig_kind, trig_need, trig_ptr, trig_targets, flow_trig = triggers
     timed = np.flatnonzero(start_ps >= 0)
     clock = np.zeros(24, np.int64)

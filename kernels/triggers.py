@@ -14,6 +14,8 @@ Arrays (``K`` triggers, ``F`` flows):
   next multishot target), ``flow_send_trig``/``flow_recv_trig int64[F]`` (-1: none).
 """
 
+import numpy as np
+
 from fabricsim._jit import njit
 
 ONESHOT, MULTISHOT, BARRIER = 0, 1, 2
@@ -39,3 +41,9 @@ def fire(k, trig_kind, trig_need, trig_ptr, trig_targets, trig_state, out, n_out
             out[n_out] = trig_targets[i]
             n_out += 1
     return n_out
+
+
+def no_triggers(n_flows: int):
+    """The trigger arrays ``(kind, need, ptr, targets, flow_trig)`` of a run without triggers."""
+    return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64),
+            np.zeros(0, np.int64), np.full((n_flows, 2), -1, np.int64))
