@@ -218,6 +218,8 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
     from fabricsim.kernels import packetsim
 
     params = packetsim.PacketParams() if params is None else params
+    if route_ptr.shape[0] > 1 and int(np.diff(route_ptr).max()) > 255:
+        raise ConfigError("routes", "the packet engine takes routes of at most 255 links")
     ack_links = _reverse_routes(route_ptr, route_links, reverse_link)
     st = packetsim.new_state(route_ptr, route_links, ack_links, start_ps, size_bytes,
                              np.ascontiguousarray(capacity_bps, dtype=np.float64),

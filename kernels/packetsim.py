@@ -95,7 +95,9 @@ a 2-D int64 table (a packet's fields share a cache line), column indices named b
 functions take the tables they touch as explicit arguments (Numba handles a few arrays far better
 than a tuple of dozens):
 
-- ``pk int64[cap, 8]`` packet pool, columns ``P_*``; free rows are chained through ``P_NEXT``
+- ``pk int64[cap, 4]`` packet pool (32 B a packet): ``P_FS = flow << 32 | seq`` (seq is the ackno
+  of an ACK), ``P_MISC = size << 16 | hop << 8 | flags``, ``P_TS`` (send time, echoed by the ACK)
+  and ``P_NEXT``; free rows are chained through ``P_NEXT``
 - ``lk int64[L, 16]`` links, columns ``L_*``; ``lcap float64[L]`` their current capacity
 - ``fi int64[F, 32]`` flows, columns ``F_*``; ``ff float64[F, 8]`` window state, columns ``W_*``
 - ``got bool[P]`` receiver bitmap (``P = sum(n_pkts)``, indexed ``fi[f, F_BASE] + seq``)
@@ -131,7 +133,9 @@ C_START_PTR, C_CAP_PTR, C_SD_HEAD, C_SD_COUNT, C_RD_HEAD, C_RD_COUNT = 12, 13, 1
 # params[] indices
 K_MTU, K_HDR, K_BUFFER, K_ECN_K, K_INIT_CWND, K_SSTHRESH, K_MIN_RTO, K_BURST = range(8)
 # packet columns; flags
-P_FLOW, P_SEQ, P_SIZE, P_HOP, P_TS, P_NEXT, P_FLAGS = range(7)
+P_FS, P_MISC, P_TS, P_NEXT = range(4)  # (flow << 32 | seq), (size << 16 | hop << 8 | flags)
+PK_COLS = 4
+MASK32 = 0xFFFFFFFF
 FL_ACK, FL_CE, FL_RETX = 1, 2, 4
 # link columns
 (L_HEAD, L_TAIL, L_QBYTES, L_BUSY, L_DATA, L_RETX, L_ACKS, L_MARKS, L_DROPS, L_PEAK, L_BYTES,
@@ -232,7 +236,7 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
     lk[:, L_TAIL] = -1
     lk[:, L_CLASS] = link_class.reshape(-1)
     lk[:, L_DELAY] = delay_ps
-    pk = np.zeros((pool_cap, 8), np.int64)
+    pk = np.zeros((pool_cap, PK_COLS), np.int64)
     pk[:, P_NEXT] = np.append(np.arange(1, pool_cap, dtype=np.int64), -1)
     p = np.array([params.mtu_bytes, params.hdr_bytes, params.buffer_pkts * params.mtu_bytes,
                   params.ecn_k_pkts * params.mtu_bytes, params.init_cwnd_pkts * mss,
@@ -265,7 +269,7 @@ def grow(st: PacketState) -> PacketState:
     """A copy of ``st`` with twice the packet pool and arrival rings."""
     old = st.pk.shape[0]
     new = 2 * old
-    pk = np.zeros((new, 8), np.int64)
+    pk = np.zeros((new, PK_COLS), np.int64)
     pk[:old] = st.pk
     pk[old:, P_NEXT] = np.append(np.arange(old + 1, new, dtype=np.int64), st.clock[C_FREE_HEAD])
     ar = np.zeros((st.ar.shape[0], new, 3), np.int64)
@@ -431,7 +435,7 @@ def _free(pk, clock, p):
 @njit(inline="always")
 def _start_tx(pk, lk, lcap, tx, clock, l, now):
     lk[l, L_BUSY] = 1
-    ser = np.int64(np.ceil(pk[lk[l, L_HEAD], P_SIZE] * 8e12 / lcap[l]))
+    ser = np.int64(np.ceil((pk[lk[l, L_HEAD], P_MISC] >> 16) * 8e12 / lcap[l]))
     _heap_push(tx, clock[C_TX_SIZE], now + ser, _take_seq(clock), l)
     clock[C_TX_SIZE] += 1
 
@@ -439,16 +443,17 @@ def _start_tx(pk, lk, lcap, tx, clock, l, now):
 @njit(inline="always")
 def _enqueue(pk, lk, lcap, fi, tx, clock, params, p, l, now):
     """Packet ``p`` arrives at link ``l``: drop-tail, ECN mark, append, start if idle."""
-    size = pk[p, P_SIZE]
-    flags = pk[p, P_FLAGS]
+    misc = pk[p, P_MISC]
+    size = misc >> 16
+    flags = misc & 0xFF
     if lk[l, L_QBYTES] + size > params[K_BUFFER]:
         lk[l, L_DROPS] += 1
         if not flags & FL_ACK:
-            fi[pk[p, P_FLOW], F_DROPS] += 1
+            fi[pk[p, P_FS] >> 32, F_DROPS] += 1
         _free(pk, clock, p)
         return
     if not flags & FL_ACK and lk[l, L_QBYTES] > params[K_ECN_K]:
-        pk[p, P_FLAGS] = flags | FL_CE
+        pk[p, P_MISC] = misc | FL_CE
         lk[l, L_MARKS] += 1
     pk[p, P_NEXT] = -1
     tail = lk[l, L_TAIL]
@@ -473,11 +478,12 @@ def _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, now):
     lk[l, L_HEAD] = nxt
     if nxt < 0:
         lk[l, L_TAIL] = -1
-    size = pk[p, P_SIZE]
+    misc = pk[p, P_MISC]
+    size = misc >> 16
     lk[l, L_QBYTES] -= size
     lk[l, L_BYTES] += size
     clock[C_ALL_HOPS] += 1
-    flags = pk[p, P_FLAGS]
+    flags = misc & 0xFF
     if flags & FL_ACK:
         lk[l, L_ACKS] += 1
     else:
@@ -485,7 +491,7 @@ def _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, now):
         clock[C_DATA_HOPS] += 1
         if flags & FL_RETX:
             lk[l, L_RETX] += 1
-    pk[p, P_HOP] += 1
+    pk[p, P_MISC] = misc + 256  # next hop
     c = lk[l, L_CLASS]
     _ring_push(ar[c], ar_hc[c], now + lk[l, L_DELAY], _take_seq(clock), p)
     if nxt >= 0 and lcap[l] > 0.0:
@@ -502,12 +508,10 @@ def _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, now):
 def _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, seq, now, retx):
     mss = params[K_MTU] - params[K_HDR]
     p = _alloc(pk, clock)
-    pk[p, P_FLOW] = f
-    pk[p, P_SEQ] = seq
-    pk[p, P_SIZE] = min(mss, fi[f, F_SIZE] - seq * mss) + params[K_HDR]
-    pk[p, P_HOP] = 0
+    pk[p, P_FS] = (f << 32) | seq
+    size = min(mss, fi[f, F_SIZE] - seq * mss) + params[K_HDR]
+    pk[p, P_MISC] = (size << 16) | (FL_RETX if retx else 0)
     pk[p, P_TS] = now
-    pk[p, P_FLAGS] = FL_RETX if retx else 0
     fi[f, F_SENT] += 1
     if retx:
         fi[f, F_RETX] += 1
@@ -556,10 +560,10 @@ def _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params, ack_link
 
     Returns True when this packet completed the flow."""
     finished = False
-    f = pk[p, P_FLOW]
-    seq = pk[p, P_SEQ]
+    f = pk[p, P_FS] >> 32
+    seq = pk[p, P_FS] & MASK32
     base = fi[f, F_BASE]
-    flags = pk[p, P_FLAGS]
+    flags = pk[p, P_MISC] & 0xFF
     if flags & FL_CE:
         fi[f, F_MARKS] += 1
     if not got[base + seq]:
@@ -572,10 +576,9 @@ def _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params, ack_link
         if c == n and fi[f, F_FINISH] < 0:
             _finish(fi, done_order, clock, f, now)
             finished = True
-    pk[p, P_FLAGS] = FL_ACK | (flags & FL_CE)  # the CE bit becomes the ECN echo
-    pk[p, P_SIZE] = params[K_HDR]
-    pk[p, P_SEQ] = fi[f, F_CUM]  # ackno; P_TS keeps the echoed timestamp
-    pk[p, P_HOP] = 0
+    # hop 0, size hdr; the CE bit becomes the ECN echo; P_TS keeps the echoed timestamp
+    pk[p, P_MISC] = (params[K_HDR] << 16) | FL_ACK | (flags & FL_CE)
+    pk[p, P_FS] = (f << 32) | fi[f, F_CUM]  # ackno
     _enqueue(pk, lk, lcap, fi, tx, clock, params, p, ack_links[fi[f, F_ROUTE]], now)
     return finished
 
@@ -584,9 +587,9 @@ def _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params, ack_link
 def _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, now):
     """An ACK reaches its sender (steps 1-4 of the module docstring). Returns True when it
     acknowledged the flow's last packet (the sender is done)."""
-    f = pk[p, P_FLOW]
-    ackno = pk[p, P_SEQ]
-    ece = (pk[p, P_FLAGS] & FL_CE) != 0
+    f = pk[p, P_FS] >> 32
+    ackno = pk[p, P_FS] & MASK32
+    ece = (pk[p, P_MISC] & FL_CE) != 0
     ts = pk[p, P_TS]
     _free(pk, clock, p)
     mss = float(params[K_MTU] - params[K_HDR])
@@ -717,9 +720,10 @@ def advance(st, until_ps, max_events):
         handled += 1
         if kind == EV_ARRIVE:
             p = _ring_pop(ar[src], ar_hc[src])
-            f = pk[p, P_FLOW]
-            h = pk[p, P_HOP]
-            is_ack = pk[p, P_FLAGS] & FL_ACK
+            f = pk[p, P_FS] >> 32
+            misc = pk[p, P_MISC]
+            h = (misc >> 8) & 0xFF
+            is_ack = misc & FL_ACK
             if h == fi[f, F_HOPS]:
                 if is_ack:
                     side = 0 if _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, t) else -1
