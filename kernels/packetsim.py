@@ -12,7 +12,7 @@ head, so that the common events cost O(1) or O(log L) instead of O(log packets i
 packet arrivals are FIFOs, one per distinct link delay (``now + delay`` is non-decreasing, so each
 FIFO is sorted); serialization ends (at most one per link) and retransmission timers (at most one
 per flow) are small binary heaps; flow starts and capacity events are pre-sorted arrays; SEND
-continuations (at the current time) are a FIFO.
+continuations and flow starts fired by triggers (both at the current time) are FIFOs.
 
 Packets. A data packet of flow ``f`` with sequence number ``s`` (0-based, in packets) carries
 ``min(mss, size - s*mss)`` payload bytes plus ``hdr`` header bytes (``mss = mtu - hdr``; defaults
@@ -103,8 +103,9 @@ than a tuple of dozens):
 - ``got bool[P]`` receiver bitmap (``P = sum(n_pkts)``, indexed ``fi[f, F_BASE] + seq``)
 - ``route_links``/``ack_links int64[nnz]`` forward and reverse routes (row ``fi[f, F_ROUTE]``)
 - event queues: ``ar int64[C, cap, 3]`` arrival rings of (time, seq, packet) with ``ar_hc[C, 2]``
-  (head, count); ``tx int64[L, 3]`` and ``tm int64[F, 3]`` heaps of (time, seq, arg); ``sd
-  int64[F, 3]`` SEND ring; ``start_order int64[F]``; capacity events ``ev_*``
+  (head, count); ``tx int64[L, 3]`` and ``tm int64[F, 3]`` heaps of (time, seq, arg); ``sd``
+  and ``rd int64[F, 3]`` the SEND and triggered-start rings; ``start_order int64[F]``; capacity
+  events ``ev_*``; trigger arrays ``trig_*``, ``flow_trig``
 - ``clock int64[24]`` scalars (``C_*``), ``params int64[8]`` and ``g float64[1]`` the constants
 """
 
