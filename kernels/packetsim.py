@@ -75,7 +75,8 @@ Sender (DCTCP over NewReno-style TCP, window in bytes, float64):
   disarms; when the deadline moved later, it re-arms at the deadline (staying armed); otherwise it
   disarms and, when a link of the flow's data or ACK path is at capacity 0 with no capacity event
   left, stays off for good (the flow is stuck: the run ends in deadlock instead of retrying
-  forever); otherwise it is a timeout: ``ssthresh = max(cwnd / 2, 2 mss)``, ``cwnd = mss``, recovery ends,
+  forever); otherwise it is a timeout: ``rto = min(2 rto, 60 s)`` (backoff; the next RTT sample
+  recomputes it), ``ssthresh = max(cwnd / 2, 2 mss)``, ``cwnd = mss``, recovery ends,
   ``dupacks = 0``, ``next_seq = acked`` (go-back-N), then ``send`` (which re-arms it at
   ``now + rto``).
 
@@ -122,6 +123,7 @@ __all__ = ["PacketState", "PacketParams", "new_state", "advance", "grow", "next_
            "PAUSED", "GROW", "DEADLOCK"]
 
 INF_PS = np.iinfo(np.int64).max
+MAX_RTO_PS = 60 * 10**12  # backoff ceiling: 60 s
 
 # event kinds
 EV_ARRIVE, EV_TX_DONE, EV_START, EV_TIMER, EV_CAP, EV_SEND = 0, 1, 2, 3, 4, 5
@@ -664,6 +666,7 @@ def _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, ack_
     if clock[C_CAP_PTR] == n_cap_events and not (_route_up(fi, lcap, route_links, f)
                                                  and _route_up(fi, lcap, ack_links, f)):
         return  # a link of its path is down for good: the flow is stuck, its timer stays off
+    fi[f, F_RTO] = min(2 * fi[f, F_RTO], MAX_RTO_PS)  # exponential backoff (RFC 6298, 5.5)
     mss = float(params[K_MTU] - params[K_HDR])
     ff[f, W_SSTH] = max(ff[f, W_CWND] / 2.0, 2.0 * mss)
     ff[f, W_CWND] = mss

@@ -394,6 +394,7 @@ class RefPacketSim:
         if self.cap_left == 0 and not all(l.capacity > 0 for l in fl.path + fl.ack_path):
             return  # a link of its path is down for good: the flow is stuck, the timer stays off
         fl.timeouts += 1
+        fl.rto = min(2 * fl.rto, 60 * 10**12)  # exponential backoff, capped at 60 s
         mss = float(self.mss)
         fl.ssthresh = max(fl.cwnd / 2.0, 2.0 * mss)
         fl.cwnd = mss
