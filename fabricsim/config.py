@@ -21,6 +21,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from fabricsim.errors import ConfigError, require
+from fabricsim.kernels.packetsim import PacketParams
+
+_PACKET_DEFAULTS = PacketParams()
 
 __all__ = ["FabricConfig", "TrafficConfig", "RunConfig", "PacketConfig", "Scenario", "load_scenario",
            "FABRIC_BUILDERS", "TRAFFIC_PATTERNS"]
@@ -190,15 +193,16 @@ class PacketConfig:
     RFC 6298), DCTCP g = 1/16.
     """
 
-    mtu_bytes: int = 9000
-    hdr_bytes: int = 64
-    buffer_pkts: int = 10_000
-    ecn_k_pkts: int = 50
-    init_cwnd_pkts: int = 10
-    ssthresh_pkts: int = 10_000
-    min_rto_us: float = 1000.0
-    init_rto_us: float = 1_000_000.0
-    dctcp_g: float = 1.0 / 16.0
+    # Defaults come from the kernel's PacketParams (times converted from ps to us).
+    mtu_bytes: int = _PACKET_DEFAULTS.mtu_bytes
+    hdr_bytes: int = _PACKET_DEFAULTS.hdr_bytes
+    buffer_pkts: int = _PACKET_DEFAULTS.buffer_pkts
+    ecn_k_pkts: int = _PACKET_DEFAULTS.ecn_k_pkts
+    init_cwnd_pkts: int = _PACKET_DEFAULTS.init_cwnd_pkts
+    ssthresh_pkts: int = _PACKET_DEFAULTS.ssthresh_pkts
+    min_rto_us: float = _PACKET_DEFAULTS.min_rto_ps / 1e6
+    init_rto_us: float = _PACKET_DEFAULTS.init_rto_ps / 1e6
+    dctcp_g: float = _PACKET_DEFAULTS.dctcp_g
 
     def __post_init__(self):
         require(self.hdr_bytes >= 1, "packet.hdr_bytes", f"must be >= 1, got {self.hdr_bytes}")
@@ -213,8 +217,6 @@ class PacketConfig:
 
     def params(self):
         """The kernel's :class:`fabricsim.kernels.packetsim.PacketParams`."""
-        from fabricsim.kernels.packetsim import PacketParams
-
         return PacketParams(mtu_bytes=self.mtu_bytes, hdr_bytes=self.hdr_bytes,
                             buffer_pkts=self.buffer_pkts, ecn_k_pkts=self.ecn_k_pkts,
                             init_cwnd_pkts=self.init_cwnd_pkts, ssthresh_pkts=self.ssthresh_pkts,
