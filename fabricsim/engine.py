@@ -169,13 +169,8 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
     while True:
         stop = min(horizon, next_sample)
         code = flowsim.advance(st, stop, _SLICE_EVENTS, float(tolerance))
-        n_done = int(st.clock[flowsim.C_N_DONE])
-        if on_flows is not None and n_done > n_reported:
-            ids = st.done_order[n_reported:n_done].copy()
-            on_flows(ids, st.finish_ps[ids], st.start_ps[ids])
-        n_reported = n_done
-        if progress is not None:
-            progress(n_done, n_flows, int(st.clock[flowsim.C_NOW]))
+        n_reported = _report(st.done_order, int(st.clock[flowsim.C_N_DONE]), n_reported, st.finish_ps,
+                             st.start_ps, int(st.clock[flowsim.C_NOW]), n_flows, on_flows, progress)
         if code == flowsim.PAUSED and sampling and _next_time(st) > next_sample:
             flowsim.settle_links(st, next_sample)
             on_links(next_sample, st.bytes_acc - prev_bytes)
@@ -196,6 +191,17 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
                  wall_s=time.perf_counter() - t0, tolerance=float(tolerance))
     return EngineOutput(st.finish_ps.copy(), st.bytes_acc.copy(), status, end_ps, stats,
                         start_ps=st.start_ps.copy())
+
+
+def _report(done_order, n_done, n_reported, finish_ps, start_ps, now_ps, n_flows, on_flows, progress):
+    """Hand the flows completed since the last slice to ``on_flows`` and the count to ``progress``;
+    returns the new number of reported flows."""
+    if on_flows is not None and n_done > n_reported:
+        ids = done_order[n_reported:n_done].copy()
+        on_flows(ids, finish_ps[ids], start_ps[ids])
+    if progress is not None:
+        progress(n_done, n_flows, now_ps)
+    return n_done
 
 
 def _next_time(st) -> int:
@@ -235,13 +241,9 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
     t0 = time.perf_counter()
     while True:
         code = packetsim.advance(st, min(horizon, next_sample), _SLICE_EVENTS * 25)
-        n_done = int(st.clock[packetsim.C_N_DONE])
-        if on_flows is not None and n_done > n_reported:
-            ids = st.done_order[n_reported:n_done].copy()
-            on_flows(ids, st.fi[ids, packetsim.F_FINISH], st.fi[ids, packetsim.F_START])
-        n_reported = n_done
-        if progress is not None:
-            progress(n_done, n_flows, int(st.clock[packetsim.C_NOW]))
+        n_reported = _report(st.done_order, int(st.clock[packetsim.C_N_DONE]), n_reported,
+                             st.fi[:, packetsim.F_FINISH], st.fi[:, packetsim.F_START],
+                             int(st.clock[packetsim.C_NOW]), n_flows, on_flows, progress)
         if code == packetsim.GROW:
             st = packetsim.grow(st)
             grows += 1

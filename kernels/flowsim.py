@@ -58,7 +58,7 @@ from fabricsim.kernels.heaps import heap_pop, heap_push, heap_update
 from fabricsim.kernels.maxmin import fill_subset
 from fabricsim.kernels.triggers import fire, no_triggers
 
-__all__ = ["FlowState", "new_state", "advance", "next_event_time", "settle_links", "STATUS_NAMES"]
+__all__ = ["FlowState", "new_state", "advance", "next_event_time", "settle_links"]
 
 INF_PS = np.iinfo(np.int64).max
 CERT_TOL = 1e-9
@@ -71,7 +71,6 @@ C_EVENTS, C_SOLVES, C_SOLVED_FLOWS, C_N_DIRTY, C_RESOLVE_AT, C_LOCAL_SOLVES = 6,
 
 # advance() return codes
 DONE, PAUSED, DEADLOCK = 0, 1, 2
-STATUS_NAMES = ("done", "paused", "deadlock")
 
 
 class FlowState(NamedTuple):
