@@ -68,7 +68,9 @@ def assert_feasible(routes, capacity, caps, rates):
 
 def assert_bottlenecked(routes, capacity, caps, weight, rates):
     """Max-min certificate: each flow is at its cap, or crosses a saturated link on which its
-    normalized rate (rate / weight) is the largest (Bertsekas & Gallager)."""
+    normalized rate (rate / weight) is the largest (Bertsekas & Gallager). Rates are compared
+    with the same absolute tolerance as loads: below ATOL_BPS (e.g. subnormal capacities) the
+    float rounding of rate / weight decides nothing."""
     w = np.ones(len(routes)) if weight is None else np.asarray(weight)
     norm = rates / w
     load = naive.link_loads(routes, rates, len(capacity))
@@ -77,7 +79,7 @@ def assert_bottlenecked(routes, capacity, caps, weight, rates):
         if caps is not None and rates[f] >= caps[f] * (1 - RTOL):
             continue
         ok = any(load[l] >= capacity[l] * (1 - RTOL) - ATOL_BPS
-                 and norm[f] >= max(norm[g] for g in users[l]) * (1 - RTOL)
+                 and norm[f] >= max(norm[g] for g in users[l]) * (1 - RTOL) - ATOL_BPS / w[f]
                  for l in route)
         assert ok, f"flow {f} (rate {rates[f]}) has no bottleneck"
 
