@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", help="output file (default: beside the input, .parquet)")
     conv.set_defaults(func=_cmd_trace_convert)
     trace.set_defaults(func=lambda a: (trace.print_help(), 2)[1])
+
+    from fabricsim.workload.cli import add_parser as add_workload_parser
+
+    add_workload_parser(sub)
     return p
 
 

@@ -225,3 +225,32 @@ def fluid_sim(routes, capacity_bps, size_bytes, start_ps, events=(), weight=None
         if status == "horizon":
             break
     return np.array(finish), np.array(link_bytes), status
+
+
+# ------------------------------------------------------------------------------------------------
+# Task DAGs (fabricsim.kernels.dag)
+# ------------------------------------------------------------------------------------------------
+
+def dag_earliest_finish_naive(preds, duration):
+    """Finish time of each task (start = latest predecessor finish), by memoized recursion.
+
+    ``preds``: list of predecessor lists. Returns None if the graph has a cycle.
+    """
+    finish = {}
+    visiting = set()
+
+    def visit(t):
+        if t in finish:
+            return finish[t]
+        if t in visiting:
+            raise RecursionError("cycle")
+        visiting.add(t)
+        start = max((visit(p) for p in preds[t]), default=0)
+        visiting.discard(t)
+        finish[t] = start + duration[t]
+        return finish[t]
+
+    try:
+        return [visit(t) for t in range(len(preds))]
+    except RecursionError:
+        return None
