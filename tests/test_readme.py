@@ -74,3 +74,28 @@ def test_readme_error_example_is_real(tmp_path, capsys):
     scen.write_text('[fabric]\nhosts = 16\ngpus_per_server = 4\nk = 7\n[traffic]\nsize_bytes = 1\n')
     assert main(["run", str(scen), "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == m.group(1)
+
+
+def test_workload_commands_run(capsys):
+    """Every ``fabricsim workload`` line of the README's bash blocks runs and exits 0."""
+    import shlex
+
+    from fabricsim.cli import main
+
+    lines = [ln.strip() for block in code_blocks("bash") for ln in block.splitlines()
+             if ln.strip().startswith("fabricsim workload")]
+    assert len(lines) >= 3
+    for line in lines:
+        assert main(shlex.split(line)[1:]) == 0, line
+    capsys.readouterr()
+
+
+def test_model_toml_example_loads(tmp_path):
+    """The README's model-file example is a valid model."""
+    from fabricsim.workload import get_model
+
+    block = next(b for b in code_blocks("toml") if "routed_experts" in b)
+    path = tmp_path / "my-moe.toml"
+    path.write_text(block)
+    m = get_model(str(path))
+    assert m.name == "my-moe" and m.moe_layers == 23

@@ -13,7 +13,7 @@ def _workload_config(args):
     from fabricsim.workload.models import get_model
     from fabricsim.workload.taskgraph import WorkloadConfig
 
-    model = get_model(args.model)
+    get_model(args.model)  # an unknown model fails here, before the other checks
     require(args.gpus >= 1, "--gpus", f"must be a positive integer, got {args.gpus}")
     dp = args.dp
     if dp is None:
@@ -22,6 +22,10 @@ def _workload_config(args):
                 f"cannot be derived: --gpus {args.gpus} is not a multiple of tp * pp * ep = {inner}")
         dp = args.gpus // inner
     params = {}
+    require(args.gating == "trace" or not args.gating_trace, "--gating-trace",
+            "is for --gating trace")
+    require(args.gating != "trace" or args.gating_trace, "--gating-trace",
+            "is required with --gating trace: a .parquet, .arrow(s) or .h5 expert-load trace")
     if args.gating_trace:
         params["path"] = args.gating_trace
     return WorkloadConfig(model=args.model,

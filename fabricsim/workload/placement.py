@@ -112,7 +112,7 @@ def place(model, gpus: int, *, dp: int = 1, tp: int = 1, pp: int = 1, ep: int = 
     if layer_split == "even":
         if layers % pp:
             raise ConfigError("pp", f"the {layers} layers of {model.name} are not divisible by "
-                              f"pp = {pp}; use layer_split = 'balanced' (the first {layers % pp} "
+                              f"pp = {pp}; use layer_split = 'balanced' (CLI: --layer-split balanced; the first {layers % pp} "
                               "stages get one layer more)")
         stage_layers = (layers // pp,) * pp
     else:

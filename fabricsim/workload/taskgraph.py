@@ -29,13 +29,12 @@ uses; the same bubble as GPipe with at most pp micro-batches of activations in f
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
-from fabricsim.errors import ConfigError, require
+from fabricsim.errors import require
 from fabricsim.kernels import dag
 from fabricsim.workload import traffic
 from fabricsim.workload.models import get_model
@@ -67,6 +66,12 @@ class WorkloadConfig:
     per iteration and pipeline (default: pp). ``gating`` is ``reference`` (the released
     simulator's static matrix), ``synthetic`` (parameters in ``gating_params``) or ``trace``
     (``gating_params = {"path": ...}``). ``dtype_bytes``: activations and gradients (bf16: 2).
+
+    ``expert_tp``: whether the MoE block is tensor-parallel too. ``False`` (default): experts are
+    whole on every GPU of their EP rank's TP group, each GPU runs them on its sequence-parallel
+    1/tp share of the tokens, and only attention and dense FFNs all-reduce over TP (Megatron-Core
+    with expert tensor parallelism 1; it gives the paper's Fig. 2 traffic shares). ``True``:
+    experts are split over tp like a dense FFN and the MoE block all-reduces over TP too.
     """
 
     model: str = "mixtral-8x7b"
@@ -88,6 +93,7 @@ class WorkloadConfig:
     layer_split: str = "even"
     dtype_bytes: int = 2
     gpus_per_server: int = 8
+    expert_tp: bool = False
 
     def __post_init__(self):
         for name in ("micro_batch", "seq_len", "dtype_bytes"):
@@ -164,6 +170,11 @@ class TaskGraph:
     def n_tasks(self) -> int:
         return int(self.kind.size)
 
+    def tasks_of(self, op: str) -> np.ndarray:
+        """Ids of the tasks of one op (a name of :data:`OPS`), in id order (int64)."""
+        require(op in OPS, "op", f"must be one of {', '.join(OPS)}, got {op!r}")
+        return np.flatnonzero(self.op == _OP[op])
+
     def flows(self, task: int):
         """``(src_gpu, dst_gpu, bytes)`` int64 arrays of communication task ``task``."""
         m = int(self.a2a_matrix[task])
@@ -215,12 +226,20 @@ class TaskGraph:
 
 
 class _Builder:
-    """Accumulates task columns, flows and edges in chunks; :meth:`finish` makes the arrays."""
+    """Accumulates task columns, flows and edges in chunks; :meth:`finish` makes the arrays.
+
+    A chunk of ``n`` tasks stores each column as a scalar (the common case, expanded once at the
+    end) or as an array of ``n`` values.
+    """
+
+    _DTYPES = {"kind": np.int8, "op": np.int8, "gpu": np.int64, "duration_ps": np.int64,
+               "bytes": np.int64, "layer": np.int64, "micro_batch": np.int64,
+               "stage": np.int64, "dp_rank": np.int64, "phase": np.int8,
+               "a2a_matrix": np.int64, "a2a_transpose": bool, "n_flows": np.int64}
 
     def __init__(self):
-        self.cols = {k: [] for k in ("kind", "op", "gpu", "duration_ps", "bytes", "layer",
-                                     "micro_batch", "stage", "dp_rank", "phase", "a2a_matrix",
-                                     "a2a_transpose", "n_flows")}
+        self.cols = {k: [] for k in self._DTYPES}
+        self.counts = []
         self.flows = ([], [], [])
         self.edges = ([], [])
         self.n = 0
@@ -233,10 +252,22 @@ class _Builder:
                       phase=phase, a2a_matrix=a2a_matrix, a2a_transpose=a2a_transpose,
                       n_flows=n_flows)
         for k, v in values.items():
-            self.cols[k].append(np.broadcast_to(np.asarray(v), (n,)))
+            self.cols[k].append(v)
+        self.counts.append(n)
         ids = np.arange(self.n, self.n + n, dtype=np.int64)
         self.n += n
         return ids
+
+    def _column(self, name):
+        chunks = self.cols[name]
+        scalar = [c if np.ndim(c) == 0 else 0 for c in chunks]
+        out = np.repeat(np.asarray(scalar, self._DTYPES[name]), self.counts)
+        at = 0
+        for c, n in zip(chunks, self.counts):
+            if np.ndim(c):
+                out[at:at + n] = c
+            at += n
+        return out
 
     def comm(self, op, flows, *, stage, dp_rank, phase, layer=-1, micro_batch=-1):
         """One communication task with explicit flows ``(src, dst, bytes)``; returns its id."""
@@ -255,7 +286,7 @@ class _Builder:
         self.edges[1].append(after[keep].ravel())
 
     def finish(self):
-        cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.cols.items()}
+        cat = {k: self._column(k) for k in self.cols}
         n = self.n
         src = np.concatenate(self.edges[0]) if self.edges[0] else np.zeros(0, np.int64)
         dst = np.concatenate(self.edges[1]) if self.edges[1] else np.zeros(0, np.int64)
@@ -264,11 +295,9 @@ class _Builder:
         pred_ptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(key // n if n else key, minlength=n), out=pred_ptr[1:])
         flow_ptr = np.zeros(n + 1, np.int64)
-        np.cumsum(cat.pop("n_flows").astype(np.int64), out=flow_ptr[1:])
+        np.cumsum(cat.pop("n_flows"), out=flow_ptr[1:])
         flows = [np.concatenate(f) if f else np.zeros(0, np.int64) for f in self.flows]
-        arrays = {k: cat[k].astype(np.int8 if k in ("kind", "op", "phase") else
-                                   bool if k == "a2a_transpose" else np.int64) for k in cat}
-        return arrays, pred_ptr, pred.astype(np.int64), flow_ptr, flows
+        return cat, pred_ptr, pred.astype(np.int64), flow_ptr, flows
 
 
 def _schedule(kind: str, stage: int, pp: int, m: int):
@@ -290,7 +319,7 @@ def build_iteration(config: WorkloadConfig, *, expert_load=None) -> TaskGraph:
     model = get_model(config.model)
     pl = place(model, config.gpus, dp=config.dp, tp=config.tp, pp=config.pp, ep=config.ep,
                gpus_per_server=config.gpus_per_server, layer_split=config.layer_split)
-    cm = ComputeModel(model, tp=pl.tp, micro_batch=config.micro_batch, seq_len=config.seq_len,
+    cm = ComputeModel(model, tp=pl.tp, ep=pl.ep, micro_batch=config.micro_batch, seq_len=config.seq_len,
                       profile=config.gpu_profile, overrides=config.compute_overrides)
     m_count = config.n_micro_batches
     tokens = config.micro_batch * config.seq_len
@@ -316,8 +345,16 @@ class _GraphBuilder:
         self.mats = []
         self.mat_index = {}
         self.bytes_per_token = model.hidden * config.dtype_bytes
+        self.times = {}
 
     # ----- helpers ------------------------------------------------------------------------------
+    def op_ps(self, op: str, phase: str) -> int:
+        """Time of an op whose cost does not depend on the expert load (memoized)."""
+        key = (op, phase)
+        if key not in self.times:
+            self.times[key] = int(self.cm.time_ps(op, phase))
+        return self.times[key]
+
     def rank_tokens(self, layer: int, mb: int):
         """(matrix index, int64[ep, ep]) of MoE layer ``layer`` (global index) and micro-batch."""
         key = (layer, mb)
@@ -360,7 +397,7 @@ class _GraphBuilder:
         t = int(self.b.add(1, kind=COMM, op=op, stage=stage, dp_rank=dp, phase=phase, size=size,
                            layer=layer, micro_batch=mb, a2a_matrix=index,
                            a2a_transpose=transpose)[0])
-        self.b.edge(np.unique(need), t)
+        self.b.edge(need, t)
         return t
 
     # ----- passes -------------------------------------------------------------------------------
@@ -370,17 +407,19 @@ class _GraphBuilder:
         ph = PHASE_NAMES[phase]
         kw = dict(stage=stage, dp=dp, phase=phase, layer=layer, mb=mb)
         moe = model.is_moe_layer(layer)
-        attn_ps = cm.time_ps("attention", ph) + (cm.time_ps("gate", ph) if moe else 0)
+        ffn_tp = not moe or self.config.expert_tp  # is the FFN block tensor-parallel?
+        t = self.op_ps
+        attn_ps = t("attention", ph) + (t("gate", ph) if moe else 0)
         if layer == 0:
-            attn_ps += cm.time_ps("embedding", ph)
+            attn_ps += t("embedding", ph)
         if moe:
             _, r = self.rank_tokens(layer, mb)
-            recv = r.sum(axis=0)[pl.ep_rank[gpus]]
-            ffn_ps = cm.time_ps("experts", ph, recv) + cm.time_ps("shared_experts", ph)
+            recv = r.sum(axis=0)  # token copies each EP rank's experts process
+            ffn_ps = (cm.time_ps("experts", ph, recv) + t("shared_experts", ph))[pl.ep_rank[gpus]]
         else:
-            ffn_ps = np.full(len(gpus), cm.time_ps("dense_ffn", ph), np.int64)
+            ffn_ps = np.full(len(gpus), t("dense_ffn", ph), np.int64)
         if layer == model.layers - 1:
-            ffn_ps = ffn_ps + cm.time_ps("lm_head", ph)
+            ffn_ps = ffn_ps + t("lm_head", ph)
         attn_ps = np.full(len(gpus), attn_ps, np.int64)
         if phase == FWD:
             need = self.compute(gpus, attn_ps, need, op="attention", **kw)
@@ -390,13 +429,14 @@ class _GraphBuilder:
             need = self.compute(gpus, ffn_ps, need, op="ffn", **kw)
             if moe:
                 need = self.a2a("ep_combine", need, transpose=True, **kw)
-            return self.tp_allreduce(gpus, need, **kw)
+            return self.tp_allreduce(gpus, need, **kw) if ffn_tp else need
         if moe:
             need = self.a2a("ep_combine_bwd", need, transpose=False, **kw)
         need = self.compute(gpus, ffn_ps, need, op="ffn", **kw)
         if moe:
             need = self.a2a("ep_dispatch_bwd", need, transpose=True, **kw)
-        need = self.tp_allreduce(gpus, need, **kw)
+        if ffn_tp:
+            need = self.tp_allreduce(gpus, need, **kw)
         need = self.compute(gpus, attn_ps, need, op="attention", **kw)
         return self.tp_allreduce(gpus, need, **kw)
 
@@ -430,7 +470,7 @@ class _GraphBuilder:
                     need = self.layer_pass(gpus, need, stage=stage, dp=dp, layer=layer, mb=mb,
                                            phase=FWD)
                 if stage < pl.pp - 1:
-                    self.b.edge(np.unique(need), pp_act[stage, dp, mb])
+                    self.b.edge(need, pp_act[stage, dp, mb])
                 fwd_out[mb] = need
             else:
                 need = pp_grad[stage, dp, mb] if stage < pl.pp - 1 else fwd_out[mb]
@@ -438,7 +478,7 @@ class _GraphBuilder:
                     need = self.layer_pass(gpus, need, stage=stage, dp=dp, layer=layer, mb=mb,
                                            phase=BWD)
                 if stage > 0:
-                    self.b.edge(np.unique(need), pp_grad[stage - 1, dp, mb])
+                    self.b.edge(need, pp_grad[stage - 1, dp, mb])
 
     def gradient_sync(self, stage):
         """Hierarchical all-reduces of the stage's gradients (non-expert and expert groups)."""
@@ -448,14 +488,16 @@ class _GraphBuilder:
         dense = traffic.dense_params_per_gpu(model, layers, pl.tp, first_stage=stage == 0,
                                              last_stage=stage == pl.pp - 1)
         n_moe = sum(model.is_moe_layer(layer) for layer in layers)
-        expert = traffic.expert_params_per_gpu(model, n_moe, pl.experts_per_rank, pl.tp)
+        split = pl.tp if self.config.expert_tp else 1
+        expert = traffic.expert_params_per_gpu(model, n_moe, pl.experts_per_rank, split)
         on_stage = pl.stage == stage
         groups = [(pl.tp_rank == t) & on_stage for t in range(pl.tp)]
         sizes = [dense] * len(groups)
-        if expert:
+        if expert:  # replicas of a rank's experts: over dp, and over tp unless they are split
             for r in range(pl.ep):
-                for t in range(pl.tp):
-                    groups.append(on_stage & (pl.ep_rank == r) & (pl.tp_rank == t))
+                for t in range(split):
+                    same_t = (pl.tp_rank == t) if split > 1 else True
+                    groups.append(on_stage & (pl.ep_rank == r) & same_t)
                     sizes.append(expert)
         b = self.config.dtype_bytes
         for mask, params in zip(groups, sizes):
