@@ -63,6 +63,19 @@ def test_record_then_replay(tmp_path, capsys):
     assert json.loads(out)["bytes_by_parallelism"] == synthetic["bytes_by_parallelism"]
 
 
+def test_gating_params_reach_the_generator(capsys):
+    loads = []
+    for skew in ("0.0", "2.0"):
+        rc, out, _ = run(capsys, "workload", "describe", *SHAPE, "--gating", "synthetic",
+                         "--gating-param", f"skew={skew}", "--gating-param", "noise=0", "--json")
+        assert rc == 0
+        loads.append(json.loads(out)["compute_per_stage"][0]["fwd_s"])
+    assert loads[1] > loads[0]  # a skewed load makes the busiest GPU slower
+    rc, _, err = run(capsys, "workload", "describe", *SHAPE, "--gating", "synthetic",
+                     "--gating-param", "colour=1")
+    assert rc == 2 and "gating.colour" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "gpt-9", "--gpus", "8"], "model: unknown model 'gpt-9'"),
     (["--model", "mixtral-8x7b", "--gpus", "128", "--tp", "4", "--ep", "8", "--pp", "3"],

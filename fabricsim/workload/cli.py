@@ -26,6 +26,13 @@ def _workload_config(args):
             "is for --gating trace")
     require(args.gating != "trace" or args.gating_trace, "--gating-trace",
             "is required with --gating trace: a .parquet, .arrow(s) or .h5 expert-load trace")
+    for item in args.gating_param or ():
+        key, sep, value = item.partition("=")
+        require(bool(sep) and key, "--gating-param", f"must be KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
     if args.gating_trace:
         params["path"] = args.gating_trace
     return WorkloadConfig(model=args.model,
@@ -130,6 +137,8 @@ def add_parser(sub) -> None:
     d.add_argument("--micro-batches", type=int, help="per iteration and pipeline (default: pp)")
     d.add_argument("--gating", choices=["reference", "synthetic", "trace"], default="reference")
     d.add_argument("--gating-trace", help="trace file for --gating trace")
+    d.add_argument("--gating-param", action="append", metavar="KEY=VALUE",
+                   help="a synthetic gating parameter, e.g. skew=0.5 (repeatable)")
     d.add_argument("--gpu-profile", default="a100", help="a100 (default), h100, h800")
     d.add_argument("--schedule", choices=["1f1b", "gpipe"], default="1f1b")
     d.add_argument("--layer-split", choices=["even", "balanced"], default="even")
