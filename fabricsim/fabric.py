@@ -112,6 +112,39 @@ class ClosRouting(NamedTuple):
     agg_up: np.ndarray
     agg_down: np.ndarray
 
+    def route(self, src, dst, seed=0, circuits=None) -> "Routes":
+        """One ECMP path per flow (``src``/``dst`` checked host indices); see :meth:`Fabric.route`."""
+        ptr, links, kind = route_clos(
+            src, dst, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), self.host_edge, self.host_up,
+            self.host_down, self.host_server, self.host_nvl_up, self.host_nvl_down, self.edge_pod,
+            self.edge_up, self.edge_down, self.edge_par, self.agg_up, self.agg_down,
+        )
+        return Routes(ptr, links, kind)
+
+    def paths(self, s: int, d: int) -> list:
+        """All shortest up-down paths between hosts ``s`` and ``d`` (lists of link ids)."""
+        if s == d:
+            return [[]]
+        if self.host_nvl_up[s] >= 0 and self.host_server[s] == self.host_server[d]:
+            return [[int(self.host_nvl_up[s]), int(self.host_nvl_down[d])]]
+        es, ed = self.host_edge[s], self.host_edge[d]
+        up, down = int(self.host_up[s]), int(self.host_down[d])
+        if es == ed:
+            return [[up, down]]
+        n_up = self.edge_up.shape[1]
+        if self.edge_pod[es] == self.edge_pod[ed]:
+            return [[up, int(self.edge_up[es, u]), int(self.edge_down[ed, u]), down]
+                    for u in range(n_up)]
+        out = []
+        aggs_per_pod = n_up // self.edge_par
+        for u in range(n_up):
+            a_s = self.edge_pod[es] * aggs_per_pod + u // self.edge_par
+            a_d = self.edge_pod[ed] * aggs_per_pod + u // self.edge_par
+            for v in range(self.agg_up.shape[1]):
+                out.append([up, int(self.edge_up[es, u]), int(self.agg_up[a_s, v]),
+                            int(self.agg_down[a_d, v]), int(self.edge_down[ed, u]), down])
+        return out
+
 
 class Routes(NamedTuple):
     """One route per flow, as CSR arrays.
@@ -138,7 +171,7 @@ class Fabric:
     nodes: Nodes
     links: Links
     hosts: np.ndarray
-    routing: ClosRouting
+    routing: object  # ClosRouting or another routing with route(), paths() and host_server
     params: dict = field(default_factory=dict)
 
     @property
@@ -169,45 +202,20 @@ class Fabric:
             mask &= self.nodes.tier == TIERS.index(tier)
         return int(mask.sum())
 
-    def route(self, src, dst, seed: int = 0) -> Routes:
-        """Route flows ``src[i] -> dst[i]`` (host indices), one ECMP path per flow.
+    def route(self, src, dst, seed: int = 0, circuits=None) -> Routes:
+        """Route flows ``src[i] -> dst[i]`` (host indices), one path per flow.
 
-        The path of flow ``i`` is chosen by a hash of ``(seed, i)``: the same inputs always give the
-        same routes. Flows inside one server use NVLink (GPU hosts).
+        In a Clos the path of flow ``i`` is one of its ECMP paths, chosen by a hash of ``(seed,
+        i)``: the same inputs always give the same routes. Flows inside one server use NVLink (GPU
+        hosts). ``circuits`` (MixNet: the server x server circuit matrix the routes are for; default
+        the fabric's current one) is ignored by fabrics without circuits.
         """
         src, dst = self._check_hosts(src, dst)
-        r = self.routing
-        ptr, links, kind = route_clos(
-            src, dst, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), r.host_edge, r.host_up, r.host_down,
-            r.host_server, r.host_nvl_up, r.host_nvl_down, r.edge_pod, r.edge_up, r.edge_down,
-            r.edge_par, r.agg_up, r.agg_down,
-        )
-        return Routes(ptr, links, kind)
+        return self.routing.route(src, dst, seed, circuits)
 
     def paths(self, src: int, dst: int) -> list[list[int]]:
-        """All shortest up-down paths (lists of link ids) between two hosts; for tests and tooling."""
-        r = self.routing
-        s, d = int(src), int(dst)
-        if s == d:
-            return [[]]
-        if r.host_nvl_up[s] >= 0 and r.host_server[s] == r.host_server[d]:
-            return [[int(r.host_nvl_up[s]), int(r.host_nvl_down[d])]]
-        es, ed = r.host_edge[s], r.host_edge[d]
-        up, down = int(r.host_up[s]), int(r.host_down[d])
-        if es == ed:
-            return [[up, down]]
-        n_up = r.edge_up.shape[1]
-        if r.edge_pod[es] == r.edge_pod[ed]:
-            return [[up, int(r.edge_up[es, u]), int(r.edge_down[ed, u]), down] for u in range(n_up)]
-        out = []
-        aggs_per_pod = n_up // r.edge_par
-        for u in range(n_up):
-            a_s = r.edge_pod[es] * aggs_per_pod + u // r.edge_par
-            a_d = r.edge_pod[ed] * aggs_per_pod + u // r.edge_par
-            for v in range(r.agg_up.shape[1]):
-                out.append([up, int(r.edge_up[es, u]), int(r.agg_up[a_s, v]), int(r.agg_down[a_d, v]),
-                            int(r.edge_down[ed, u]), down])
-        return out
+        """All shortest paths (lists of link ids) between two hosts; for tests and tooling."""
+        return self.routing.paths(int(src), int(dst))
 
     def _check_hosts(self, src, dst):
         src = np.ascontiguousarray(src, dtype=np.int64)
