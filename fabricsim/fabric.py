@@ -40,6 +40,7 @@ __all__ = [
     "Routes",
     "fat_tree",
     "rail_optimized",
+    "mixnet",
     "NODE_KINDS",
     "LINK_KINDS",
     "PATH_KINDS",
@@ -54,7 +55,7 @@ TIERS = ("host", "edge", "agg", "core", "nvswitch")
 TIER_HOST, TIER_EDGE, TIER_AGG, TIER_CORE, TIER_NVSWITCH = range(5)
 LINK_KINDS = ("nvlink", "eps", "ocs")
 LINK_NVLINK, LINK_EPS, LINK_OCS = range(3)
-PATH_KINDS = ("nvlink", "tor", "pod", "core")
+PATH_KINDS = ("nvlink", "tor", "pod", "core", "ocs", "direct", "multihop")
 
 #: The released MixNet simulator's intra-server bandwidth: 600 GiB/s per GPU, in Gbit/s.
 NVLINK_DEFAULT_GBPS = 600 * 2**30 * 8 / 1e9
@@ -513,3 +514,6 @@ def rail_optimized(servers: int, link_gbps: float, gpus_per_server: int = 8, *,
         core_uplinks=core_up, host_bps=bps, edge_agg_bps=bps, agg_core_bps=bps,
         nvlink_bps=nvlink_gbps * 1e9, delay_ps=int(link_delay_ps),
         nvlink_delay_ps=int(nvlink_delay_ps), edge_rail=edge_rail)
+
+
+from fabricsim.mixnet import mixnet  # noqa: E402  (MixNet builds on the fat-tree above)

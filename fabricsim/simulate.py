@@ -82,7 +82,7 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
                    seed: int = 0, capacity_events=None, trace=None,
                    tolerance: float = DEFAULT_TOLERANCE, until_ps: int | None = None,
                    progress=None, scenario: dict | None = None, packet_params=None,
-                   triggers=None) -> FlowResult:
+                   triggers=None, circuits=None) -> FlowResult:
     """Simulate flows ``src[i] -> dst[i]`` of ``size_bytes[i]`` starting at ``start_ps[i]``.
 
     Parameters
@@ -118,6 +118,9 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
         Packet engine constants (MTU, buffer, ECN threshold, windows, RTO).
     triggers : fabricsim.engine.Triggers, optional
         Flows started by other flows' completion; those flows have ``start_ps = -1``.
+    circuits : int array [regions, R, R], optional
+        MixNet: the circuit configuration the flows are routed for (pairs with a circuit use it,
+        the others the EPS); default the fabric's initial one. Other fabrics ignore it.
     """
     require(isinstance(fabric, Fabric), "fabric", f"must be a fabricsim Fabric, got {type(fabric).__name__}")
     require(engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -133,7 +136,7 @@ def simulate_flows(fabric: Fabric, src, dst, size_bytes, start_ps=None, *, engin
                        minimum=0 if triggers is None else -1)
     if triggers is not None:
         triggers.validate(start)
-    routes = fabric.route(src_a, dst_a, seed=int(seed))
+    routes = fabric.route(src_a, dst_a, seed=int(seed), circuits=circuits)
     events = as_capacity_events(capacity_events, fabric.n_links)
 
     sink = _open_trace(trace, fabric, scenario, dict(engine=engine, seed=int(seed), flows=n,

@@ -11,7 +11,7 @@ column                  type                    meaning
 ``size_bytes``          int64                   bytes to deliver
 ``start_ps``            int64                   arrival time
 ``finish_ps``           int64                   completion time, -1 if unfinished
-``path_kind``           dictionary<string>      nvlink, tor, pod, core (see fabricsim.fabric)
+``path_kind``           dictionary<string>      nvlink, tor, pod, core, ocs, direct, multihop (fabricsim.fabric.PATH_KINDS)
 ======================  ======================  ==========================================
 
 The stream is flushed after every batch; :func:`read_flow_trace` reads every complete batch of a
@@ -31,7 +31,7 @@ from fabricsim.traces.schema import Closeable, metadata
 
 __all__ = ["FLOW_SCHEMA", "FlowTraceWriter", "read_flow_trace", "to_parquet", "PATH_KIND_NAMES"]
 
-PATH_KIND_NAMES = ("nvlink", "tor", "pod", "core", "ocs")
+PATH_KIND_NAMES = ("nvlink", "tor", "pod", "core", "ocs", "direct", "multihop")  # = fabric.PATH_KINDS
 
 FLOW_SCHEMA = pa.schema([
     ("flow_id", pa.int64()),

@@ -1,0 +1,257 @@
+"""The MixNet fabric: an electrical fat-tree over servers plus regional optical circuits.
+
+Every server has 8 NICs of ``B = link_gbps``: ``alpha`` go to its region's optical circuit switch
+(OCS), ``8 - alpha`` to the electrical packet-switched fabric (EPS). As in the released simulator
+(reference ``mfabric.md`` sections 2.3 and 4.2):
+
+- the EPS is a non-blocking k-ary fat-tree whose hosts are *servers*, each with one link of
+  ``(8 - alpha) * B`` (k = 8 for 128 servers);
+- a region is a contiguous block of ``region_servers`` servers (by default one EP group, ``ep * tp
+  / 8`` servers). Its circuit configuration is a symmetric integer matrix ``C`` (region servers x
+  region servers, zero diagonal, row sums <= alpha); server pair ``(i, j)`` gets a direct link of
+  ``C[i][j] * B`` in each direction (one hop, 1 us), shared by all flows of the pair;
+- GPUs of a server talk over NVLink (an NVSwitch per server, 600 GiB/s per GPU by default);
+  GPU-to-GPU flows between servers use the pair's circuit when it has one and the EPS otherwise.
+  The GPU -> NIC hop is not modelled (as in the released simulator): an inter-server route starts
+  at the source server's node.
+
+The fabric holds *every* intra-region server pair as a duplex ``ocs`` link; the ones without a
+circuit have capacity 0. A circuit configuration is state: :meth:`MixNetRouting.capacities` gives
+the OCS link capacities of a configuration, :func:`reconfiguration_events` the capacity events of
+a change, and ``Fabric.route(src, dst, circuits=C)`` the routes under configuration ``C``
+(``int64[regions, R, R]``; default: the fabric's initial configuration, seeded random with at most
+alpha circuits per server, as the simulator's ``random_connect``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fabricsim.engine import CapacityEvents
+from fabricsim.errors import ConfigError, require
+from fabricsim.fabric import (LINK_DELAY_DEFAULT_PS, LINK_NVLINK, LINK_OCS, NODE_GPU, NODE_OCS,
+                              NODE_SWITCH, PATH_KINDS, TIER_HOST, TIER_NVSWITCH, ClosRouting, Fabric,
+                              Routes, _Builder, _check_common, _check_int, fat_tree)
+
+__all__ = ["mixnet", "MixNetRouting", "random_circuits", "check_circuits",
+           "reconfiguration_events", "HOLD_MODES"]
+
+PATH_NVLINK = PATH_KINDS.index("nvlink")
+PATH_OCS = PATH_KINDS.index("ocs")
+#: What a reconfiguration takes down for its delay: every OCS link of the region (the released
+#: simulator pauses all of the region's OCS flows) or only the links whose circuit count changes.
+HOLD_MODES = ("region", "changed")
+
+
+@dataclass(frozen=True, eq=False)
+class MixNetRouting:
+    """Routing of a MixNet fabric (arrays; ``S`` servers, ``R`` servers per region).
+
+    ``host_server``, ``host_nvl_up``, ``host_nvl_down`` ``int64[H]`` (GPU hosts); ``eps`` the
+    fat-tree's :class:`~fabricsim.fabric.ClosRouting` whose host ``s`` is server ``s``;
+    ``ocs_link int64[S, R]``: the link from server ``s`` to the server at local index ``j`` of its
+    region (-1 for itself); ``circuits int64[regions, R, R]``: the initial configuration.
+    """
+
+    host_server: np.ndarray
+    host_nvl_up: np.ndarray
+    host_nvl_down: np.ndarray
+    eps: ClosRouting
+    region_servers: int
+    ocs_link: np.ndarray
+    circuits: np.ndarray
+    alpha: int
+    link_bps: float
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.circuits.shape[0])
+
+    def capacities(self, circuits=None):
+        """``(link_ids int64[n], capacity_bps float64[n])`` of every OCS link under ``circuits``."""
+        c = self.circuits if circuits is None else circuits
+        s = np.arange(self.ocs_link.shape[0])
+        region, local = s // self.region_servers, s % self.region_servers
+        per_link = c[region[:, None], local[:, None], np.arange(self.region_servers)[None, :]]
+        keep = self.ocs_link >= 0
+        return self.ocs_link[keep], per_link[keep].astype(np.float64) * self.link_bps
+
+    def route(self, src, dst, seed=0, circuits=None) -> Routes:
+        """NVLink inside a server; the pair's circuit when ``circuits`` has one; else the EPS."""
+        c = self.circuits if circuits is None else circuits
+        ss, ds = self.host_server[src], self.host_server[dst]
+        r = self.region_servers
+        local = (ss == ds) & (self.host_nvl_up[src] >= 0)
+        same_region = (ss // r == ds // r) & ~local
+        optical = np.zeros(src.size, bool)
+        optical[same_region] = c[ss[same_region] // r, ss[same_region] % r, ds[same_region] % r] > 0
+        eps = ~(local | optical)
+        e = self.eps.route(ss[eps], ds[eps], seed)
+        length = np.where(local, 2, 1)
+        length[eps] = np.diff(e.route_ptr)
+        ptr = np.zeros(src.size + 1, np.int64)
+        np.cumsum(length, out=ptr[1:])
+        links = np.empty(ptr[-1], np.int64)
+        at = ptr[:-1]
+        links[at[local]] = self.host_nvl_up[src[local]]
+        links[at[local] + 1] = self.host_nvl_down[dst[local]]
+        links[at[optical]] = self.ocs_link[ss[optical], ds[optical] % r]
+        if e.route_links.size:
+            offset = np.repeat(at[eps] - e.route_ptr[:-1], np.diff(e.route_ptr))
+            links[np.arange(e.route_links.size) + offset] = e.route_links
+        kind = np.empty(src.size, np.int8)
+        kind[local], kind[optical], kind[eps] = PATH_NVLINK, PATH_OCS, e.path_kind
+        return Routes(ptr, links, kind)
+
+    def paths(self, s: int, d: int, circuits=None) -> list:
+        """The paths of host pair ``(s, d)``: NVLink, the circuit, or every EPS path."""
+        c = self.circuits if circuits is None else circuits
+        ss, ds, r = int(self.host_server[s]), int(self.host_server[d]), self.region_servers
+        if s == d:
+            return [[]]
+        if ss == ds and self.host_nvl_up[s] >= 0:
+            return [[int(self.host_nvl_up[s]), int(self.host_nvl_down[d])]]
+        if ss // r == ds // r and c[ss // r, ss % r, ds % r] > 0:
+            return [[int(self.ocs_link[ss, ds % r])]]
+        return self.eps.paths(ss, ds)
+
+
+def check_circuits(circuits, alpha: int, region_servers: int, n_regions: int,
+                   field: str = "circuits") -> np.ndarray:
+    """Validate a configuration: ``int64[regions, R, R]`` (or ``[R, R]`` for one region),
+    non-negative integers, symmetric, zero diagonal, row sums <= alpha."""
+    c = np.asarray(circuits)
+    if c.ndim == 2 and n_regions == 1:
+        c = c[None]
+    require(c.shape == (n_regions, region_servers, region_servers), field,
+            f"must have shape ({n_regions}, {region_servers}, {region_servers}), got {c.shape}")
+    require(c.dtype.kind in "iu" or (c.dtype.kind == "f" and np.all(c == np.round(c))), field,
+            "must hold whole numbers of circuits")
+    c = c.astype(np.int64)
+    require(bool(np.all(c >= 0)), field, "must be >= 0")
+    require(bool(np.all(c == c.transpose(0, 2, 1))), field, "must be symmetric (circuits are duplex)")
+    require(not np.any(np.einsum("rii->ri", c)), field, "must have a zero diagonal")
+    rows = c.sum(axis=2)
+    require(bool(np.all(rows <= alpha)), field,
+            f"row sums (circuits per server) must be <= alpha = {alpha}, got {int(rows.max())}")
+    return c
+
+
+def random_circuits(region_servers: int, alpha: int, rng: np.random.Generator) -> np.ndarray:
+    """A random configuration with at most ``alpha`` circuits per server (``int64[R, R]``):
+    pairs in random order, one circuit at a time while both ends have free ports."""
+    r = region_servers
+    c = np.zeros((r, r), np.int64)
+    free = np.full(r, alpha, np.int64)
+    pairs = np.array([(i, j) for i in range(r) for j in range(i + 1, r)], np.int64).reshape(-1, 2)
+    progress = True
+    while progress and pairs.size:
+        progress = False
+        for i, j in pairs[rng.permutation(len(pairs))]:
+            if free[i] and free[j]:
+                c[i, j] += 1
+                c[j, i] += 1
+                free[i] -= 1
+                free[j] -= 1
+                progress = True
+    return c
+
+
+def reconfiguration_events(fabric: Fabric, region: int, old, new, start_ps: int, delay_ps: int,
+                           hold: str = "region") -> CapacityEvents:
+    """Capacity events of re-wiring ``region`` from configuration ``old`` to ``new`` (``[R, R]``)
+    at ``start_ps``: the held links (``hold="region"``: all of the region's OCS links, the released
+    simulator; ``"changed"``: those whose circuit count changes) carry nothing until
+    ``start_ps + delay_ps``, then every OCS link of the region has its new capacity."""
+    rt = fabric.routing
+    require(isinstance(rt, MixNetRouting), "fabric", "must be a MixNet fabric")
+    require(hold in HOLD_MODES, "hold", f"must be one of {', '.join(HOLD_MODES)}, got {hold!r}")
+    require(0 <= region < rt.n_regions, "region", f"must be in 0 .. {rt.n_regions - 1}, got {region}")
+    r = rt.region_servers
+    old = check_circuits(old, rt.alpha, r, 1, "old")[0]
+    new = check_circuits(new, rt.alpha, r, 1, "new")[0]
+    i, j = np.nonzero(~np.eye(r, dtype=bool))
+    links = rt.ocs_link[region * r + i, j]
+    held = np.ones(links.size, bool) if hold == "region" else old[i, j] != new[i, j]
+    t0, t1 = int(start_ps), int(start_ps) + int(delay_ps)
+    time_ps = np.r_[np.full(int(held.sum()), t0), np.full(links.size, t1)].astype(np.int64)
+    return CapacityEvents(time_ps, np.r_[links[held], links].astype(np.int64),
+                          np.r_[np.zeros(int(held.sum())), new[i, j] * rt.link_bps])
+
+
+def mixnet(servers: int, link_gbps: float, *, alpha: int = 6, gpus_per_server: int = 8,
+           region_servers: int | None = None, ocs_ports: int | None = None,
+           circuits=None, seed: int = 13, nvlink_gbps: float | None = None,
+           link_delay_ps: int = LINK_DELAY_DEFAULT_PS, nvlink_delay_ps: int = 0) -> Fabric:
+    """A MixNet fabric of ``servers`` servers (see the module docstring).
+
+    ``alpha`` (0 .. 8) NICs per server go to the OCS; ``region_servers`` servers per region
+    (default: all servers in one region; the runner passes one EP group); ``ocs_ports`` the ports of
+    one OCS (default: exactly what a region needs, ``region_servers * alpha``; a region that needs
+    more is an error). ``circuits`` the initial configuration (default: seeded random).
+    """
+    nvlink_gbps = _check_common(link_gbps, "gpu", gpus_per_server, nvlink_gbps, link_delay_ps,
+                                nvlink_delay_ps)
+    servers = _check_int(servers, "fabric.servers", 2)
+    nics = gpus_per_server  # one NIC per GPU
+    alpha = _check_int(alpha, "fabric.alpha", 0)
+    require(alpha <= nics - 1, "fabric.alpha", f"must be 0 .. {nics - 1} (at least one NIC stays "
+            f"on the EPS of a server with {nics} NICs), got {alpha}")
+    r = servers if region_servers is None else _check_int(region_servers, "fabric.region_servers", 1)
+    require(servers % r == 0, "fabric.region_servers",
+            f"must divide the {servers} servers (regions are equal contiguous blocks), got {r}")
+    need = r * alpha
+    ports = need if ocs_ports is None else _check_int(ocs_ports, "fabric.ocs_ports", 1)
+    if need > ports:
+        raise ConfigError("fabric.ocs_ports", f"a region of {r} servers with alpha = {alpha} needs "
+                          f"{need} OCS ports, but an OCS has {ports}; use smaller regions")
+    n_regions = servers // r
+    link_bps = float(link_gbps) * 1e9
+    eps = fat_tree(servers, (nics - alpha) * float(link_gbps), host="server",
+                   link_delay_ps=link_delay_ps)
+    if circuits is None:
+        rng = np.random.default_rng(seed)
+        circuits = np.stack([random_circuits(r, alpha, rng) for _ in range(n_regions)])
+    circuits = check_circuits(circuits, alpha, r, n_regions, "fabric.circuits")
+
+    b = _Builder()  # the EPS first, so its link ids (and routing tables) stay valid
+    for arr, name in zip(eps.nodes, ("kind", "tier", "server", "pod", "rail")):
+        getattr(b, name).extend(arr.tolist())
+    for arr, name in zip(eps.links[:5], ("src", "dst", "cap", "delay", "lkind")):
+        getattr(b, name).extend(arr.tolist())
+    server_node = eps.hosts
+    n_gpus = servers * gpus_per_server
+    hosts = np.empty(n_gpus, np.int64)
+    nvl_up = np.full(n_gpus, -1, np.int64)
+    nvl_down = np.full(n_gpus, -1, np.int64)
+    for s in range(servers):
+        nvs = b.node(NODE_SWITCH, TIER_NVSWITCH, server=s)
+        for g in range(s * gpus_per_server, (s + 1) * gpus_per_server):
+            hosts[g] = b.node(NODE_GPU, TIER_HOST, server=s, rail=g % gpus_per_server)
+            if gpus_per_server > 1:
+                nvl_up[g], nvl_down[g] = b.duplex(int(hosts[g]), nvs, nvlink_gbps * 1e9,
+                                                  nvlink_delay_ps, LINK_NVLINK)
+    ocs_link = np.full((servers, r), -1, np.int64)
+    for reg in range(n_regions):
+        b.node(NODE_OCS, TIER_HOST)
+        first = reg * r
+        for i in range(r):
+            for j in range(i + 1, r):
+                cap = circuits[reg, i, j] * link_bps
+                ocs_link[first + i, j], ocs_link[first + j, i] = b.duplex(
+                    int(server_node[first + i]), int(server_node[first + j]), cap, link_delay_ps,
+                    LINK_OCS)
+    nodes, links = b.freeze()
+    routing = MixNetRouting(host_server=np.arange(n_gpus, dtype=np.int64) // gpus_per_server,
+                            host_nvl_up=nvl_up, host_nvl_down=nvl_down, eps=eps.routing,
+                            region_servers=r, ocs_link=ocs_link, circuits=circuits, alpha=alpha,
+                            link_bps=link_bps)
+    params = dict(builder="mixnet", servers=servers, link_gbps=link_gbps, alpha=alpha,
+                  gpus_per_server=gpus_per_server, region_servers=r, regions=n_regions,
+                  ocs_ports=ports, eps_k=eps.params["k"], eps_gbps=(nics - alpha) * float(link_gbps),
+                  seed=seed, nvlink_gbps=nvlink_gbps, link_delay_ps=int(link_delay_ps),
+                  nvlink_delay_ps=int(nvlink_delay_ps), host="gpu")
+    return Fabric(name="mixnet", nodes=nodes, links=links, hosts=hosts, routing=routing,
+                  params=params)
