@@ -17,7 +17,7 @@ from fabricsim.errors import ConfigError
 from fabricsim.kernels import flowsim
 
 __all__ = ["EngineOutput", "CapacityEvents", "Triggers", "run_flow_engine", "run_packet_engine",
-           "as_capacity_events",
+           "as_capacity_events", "FlowSession",
            "DEFAULT_TOLERANCE"]
 
 #: Default staleness bound of the flow engine (see :func:`fabricsim.kernels.flowsim.advance`).
@@ -202,6 +202,79 @@ def _report(done_order, n_done, n_reported, finish_ps, start_ps, now_ps, n_flows
     if progress is not None:
         progress(n_done, n_flows, now_ps)
     return n_done
+
+
+class FlowSession:
+    """The flow engine driven step by step from outside (the task-graph runner's engine).
+
+    All flows are declared up front with their routes and sizes and stay pending until
+    :meth:`start` schedules them; :meth:`set_capacity` changes link capacities; :meth:`advance`
+    runs the engine up to a time and returns the flows that finished. Starting flows at the times
+    a batch run would give them yields bit-identical completions.
+    """
+
+    def __init__(self, route_ptr, route_links, capacity_bps, size_bytes, *,
+                 tolerance: float = DEFAULT_TOLERANCE, weight=None):
+        if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
+            raise ConfigError("tolerance", f"must be a number >= 0, got {tolerance!r}")
+        n = route_ptr.shape[0] - 1
+        empty = np.zeros(0, np.int64)
+        self.st = flowsim.new_state(route_ptr, route_links, np.full(n, -1, np.int64),
+                                    np.asarray(size_bytes, np.int64),
+                                    np.ascontiguousarray(capacity_bps, dtype=np.float64),
+                                    empty, empty, np.zeros(0), weight, None, None)
+        self.tolerance = float(tolerance)
+        self.n_reported = 0
+        self._no_links = empty
+        self._no_caps = np.zeros(0)
+
+    @property
+    def now_ps(self) -> int:
+        return int(self.st.clock[flowsim.C_NOW])
+
+    def next_event_ps(self) -> int:
+        """Time of the engine's next event (``flowsim.INF_PS`` when it has nothing to do)."""
+        return int(flowsim.next_event_time(self.st))
+
+    def _inject(self, flows, links, caps, at_ps):
+        code = flowsim.inject(self.st, flows, links, caps, int(at_ps))
+        if code:
+            raise ValueError({-1: f"cannot schedule at {at_ps} ps, before the engine's time "
+                                  f"{self.now_ps} ps",
+                              -2: "one injection time at a time: advance() first",
+                              -3: "too many pending injections"}[code])
+
+    def start(self, flows, at_ps: int) -> None:
+        """Start pending ``flows`` (flow ids) at ``at_ps`` (>= the engine's time)."""
+        flows = np.asarray(flows, np.int64)
+        if flows.size and np.any(self.st.status[flows] != 0):
+            raise ValueError("start(): a flow can start only once")
+        self._inject(flows, self._no_links, self._no_caps, at_ps)
+
+    def set_capacity(self, links, capacity_bps, at_ps: int) -> None:
+        """Set ``links`` to ``capacity_bps`` at ``at_ps`` (>= the engine's time)."""
+        self._inject(self._no_links[:0], np.asarray(links, np.int64),
+                     np.asarray(capacity_bps, np.float64), at_ps)
+
+    def advance(self, until_ps: int):
+        """Run every event up to ``until_ps``; returns ``(flow_ids, finish_ps)`` of the flows that
+        finished since the last call (int64 arrays, in completion order)."""
+        while flowsim.advance(self.st, int(until_ps), _SLICE_EVENTS, self.tolerance) == flowsim.PAUSED:
+            if self.next_event_ps() > until_ps:
+                break
+        n_done = int(self.st.clock[flowsim.C_N_DONE])
+        ids = self.st.done_order[self.n_reported:n_done].copy()
+        self.n_reported = n_done
+        return ids, self.st.finish_ps[ids]
+
+    @property
+    def finish_ps(self) -> np.ndarray:
+        return self.st.finish_ps
+
+    def link_bytes(self) -> np.ndarray:
+        """Bytes each link carried up to the engine's current time."""
+        flowsim.settle_links(self.st, self.now_ps)
+        return self.st.bytes_acc.copy()
 
 
 def _next_time(st) -> int:

@@ -58,7 +58,7 @@ from fabricsim.kernels.heaps import heap_pop, heap_push, heap_update
 from fabricsim.kernels.maxmin import fill_subset
 from fabricsim.kernels.triggers import fire, no_triggers
 
-__all__ = ["FlowState", "new_state", "advance", "next_event_time", "settle_links"]
+__all__ = ["FlowState", "new_state", "advance", "next_event_time", "settle_links", "inject"]
 
 INF_PS = np.iinfo(np.int64).max
 CERT_TOL = 1e-9
@@ -68,6 +68,7 @@ PS_PER_S = 1e12
 # clock[] indices
 C_NOW, C_NEXT_ARRIVAL, C_NEXT_EVENT, C_HEAP_SIZE, C_N_DONE, C_N_ACTIVE = 0, 1, 2, 3, 4, 5
 C_EVENTS, C_SOLVES, C_SOLVED_FLOWS, C_N_DIRTY, C_RESOLVE_AT, C_LOCAL_SOLVES = 6, 7, 8, 9, 10, 11
+C_EXT_AT, C_N_EXT_FLOWS, C_N_EXT_CAPS = 12, 13, 14  # injected arrivals / capacity changes
 
 # advance() return codes
 DONE, PAUSED, DEADLOCK = 0, 1, 2
@@ -120,6 +121,9 @@ class FlowState(NamedTuple):
     trig_state: np.ndarray
     flow_trig: np.ndarray
     ready_buf: np.ndarray
+    ext_flows: np.ndarray
+    ext_links: np.ndarray
+    ext_caps: np.ndarray
     clock: np.ndarray
 
 
@@ -147,6 +151,7 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
     trig_kind, trig_need, trig_ptr, trig_targets, flow_trig = triggers
     clock = np.zeros(16, np.int64)
     clock[C_RESOLVE_AT] = INF_PS
+    clock[C_EXT_AT] = INF_PS
     clock[C_NOW] = int(start_ps[timed].min()) if timed.size else 0
     if ev_time_ps.shape[0]:
         clock[C_NOW] = min(clock[C_NOW], int(ev_time_ps[0]))
@@ -169,7 +174,8 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
         ev_time_ps=ev_time_ps, ev_link=ev_link, ev_capacity_bps=ev_capacity_bps,
         trig_kind=trig_kind, trig_need=trig_need, trig_ptr=trig_ptr, trig_targets=trig_targets,
         trig_state=np.zeros((trig_kind.shape[0], 2), np.int64), flow_trig=flow_trig,
-        ready_buf=np.empty(n_flows, np.int64), clock=clock,
+        ready_buf=np.empty(n_flows, np.int64), ext_flows=np.empty(n_flows, np.int64),
+        ext_links=np.empty(n_links, np.int64), ext_caps=np.empty(n_links), clock=clock,
     )
 
 
@@ -473,7 +479,51 @@ def next_event_time(st):
         t = min(t, st.ev_time_ps[clock[C_NEXT_EVENT]])
     if clock[C_HEAP_SIZE] > 0:
         t = min(t, st.fin_key[st.heap[0]])
+    if clock[C_N_EXT_FLOWS] + clock[C_N_EXT_CAPS] > 0:
+        t = min(t, clock[C_EXT_AT])
     return t
+
+
+@njit
+def inject(st, flows, links, capacity_bps, at_ps):
+    """Schedule, from outside, the arrival of pending ``flows`` (int64[n]; flows created with
+    ``start_ps = -1``) and capacity changes ``links``/``capacity_bps`` (int64[m], float64[m]) at
+    ``at_ps``, no earlier than the engine's current time. Everything injected before the next
+    :func:`advance` shares one time. Returns 0, or -1 if ``at_ps`` is in the past, -2 if it differs
+    from an injection still pending, -3 if the buffers are full."""
+    clock = st.clock
+    if at_ps < clock[C_NOW]:
+        return -1
+    if clock[C_N_EXT_FLOWS] + clock[C_N_EXT_CAPS] > 0 and clock[C_EXT_AT] != at_ps:
+        return -2
+    if (clock[C_N_EXT_FLOWS] + flows.shape[0] > st.ext_flows.shape[0]
+            or clock[C_N_EXT_CAPS] + links.shape[0] > st.ext_links.shape[0]):
+        return -3
+    clock[C_EXT_AT] = at_ps
+    for i in range(flows.shape[0]):
+        st.ext_flows[clock[C_N_EXT_FLOWS]] = flows[i]
+        clock[C_N_EXT_FLOWS] += 1
+    for i in range(links.shape[0]):
+        st.ext_links[clock[C_N_EXT_CAPS]] = links[i]
+        st.ext_caps[clock[C_N_EXT_CAPS]] = capacity_bps[i]
+        clock[C_N_EXT_CAPS] += 1
+    return 0
+
+
+@njit(inline="always")
+def _change_capacity(st, l, capacity, t, n_set, theta):
+    """Set link ``l`` to ``capacity``; its flows join the re-solve set. Returns (n_set, theta)."""
+    _settle_link(st.bytes_acc, st.load_bps, st.t_link_ps, l, t)
+    st.capacity_bps[l] = capacity
+    base = st.lf_ptr[l]
+    wsum = 0.0
+    for q in range(base, base + st.n_act[l]):
+        g = st.entry_flow[st.lf_act[q]]
+        wsum += st.weight[g]
+        n_set = _push_unique(st.in_set, st.set_buf, g, n_set)
+    if wsum > 0.0:
+        theta = min(theta, st.maxnorm[l], st.capacity_bps[l] / wsum)
+    return n_set, theta
 
 
 @njit
@@ -548,18 +598,13 @@ def advance(st, until_ps, max_events, tolerance):
         #    its new fair share, whichever is lower
         while clock[C_NEXT_EVENT] < n_events and st.ev_time_ps[clock[C_NEXT_EVENT]] == t:
             e = clock[C_NEXT_EVENT]
-            l = st.ev_link[e]
             clock[C_NEXT_EVENT] += 1
-            _settle_link(st.bytes_acc, st.load_bps, st.t_link_ps, l, t)
-            st.capacity_bps[l] = st.ev_capacity_bps[e]
-            base = st.lf_ptr[l]
-            wsum = 0.0
-            for q in range(base, base + st.n_act[l]):
-                g = st.entry_flow[st.lf_act[q]]
-                wsum += st.weight[g]
-                n_set = _push_unique(st.in_set, st.set_buf, g, n_set)
-            if wsum > 0.0:
-                theta = min(theta, st.maxnorm[l], st.capacity_bps[l] / wsum)
+            n_set, theta = _change_capacity(st, st.ev_link[e], st.ev_capacity_bps[e], t, n_set, theta)
+        injected = clock[C_EXT_AT] == t
+        if injected:
+            for i in range(clock[C_N_EXT_CAPS]):
+                n_set, theta = _change_capacity(st, st.ext_links[i], st.ext_caps[i], t, n_set, theta)
+            clock[C_N_EXT_CAPS] = 0
         # 3. arrivals: a new flow can only disturb levels above its links' equal shares
         n_new = 0
         n_marked = 0
@@ -573,6 +618,14 @@ def advance(st, until_ps, max_events, tolerance):
             st.start_ps[f] = t
             n_set, n_marked = _arrive(st, f, t, n_set, n_marked)
             n_new += 1
+        if injected:  # flows started from outside (inject)
+            for i in range(clock[C_N_EXT_FLOWS]):
+                f = st.ext_flows[i]
+                st.start_ps[f] = t
+                n_set, n_marked = _arrive(st, f, t, n_set, n_marked)
+                n_new += 1
+            clock[C_N_EXT_FLOWS] = 0
+            clock[C_EXT_AT] = INF_PS
         if n_new:
             for m in range(n_marked):
                 l = st.link_buf[m]
