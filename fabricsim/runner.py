@@ -1,0 +1,300 @@
+"""Execute one training iteration's task graph on a fabric: the iteration time and where it goes.
+
+:func:`run_iteration` runs a :class:`~fabricsim.workload.TaskGraph` on a
+:class:`~fabricsim.fabric.Fabric`. A compute task takes its modelled time on its GPU once all its
+predecessors are done (the graph chains each GPU's compute tasks in schedule order: one compute
+stream per GPU); a communication task turns into flows; it is done when its last flow is. The
+iteration time is the finish of the last task. An OCS controller (:mod:`fabricsim.ocs.controller`)
+may delay a communication task (a blocking reconfiguration) and changes link capacities.
+
+Two modes:
+
+- ``exact`` (default): every flow of the iteration runs in one flow-engine session
+  (:class:`fabricsim.engine.FlowSession`), started when its task starts, sharing links max-min
+  fairly with everything else in flight.
+- ``isolated``: each communication task is simulated alone on the idle fabric (with its circuit
+  configuration) and then takes that time, memoized over tasks with identical flows and
+  circuits. It is exact when communication tasks that overlap in time share no link (one EP group
+  at a time, or groups confined to their own servers and circuits); otherwise it ignores
+  contention between concurrent collectives. ``tests/test_runner.py`` compares it with ``exact``.
+
+The breakdown charges each GPU's idle time before a compute task to the kind of the predecessor
+that finished last (``tp``, ``ep``, ``pp``, ``dp`` communication; ``ocs`` for the part of an
+all-to-all held by a blocking reconfiguration; ``wait`` when it is another GPU's computation),
+and the time after a GPU's last compute task to the communication that ends the iteration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fabricsim.engine import FlowSession
+from fabricsim.errors import require
+from fabricsim.fabric import Fabric
+from fabricsim.kernels import dag, flowsim
+from fabricsim.workload.taskgraph import COMM, COMPUTE, OP_PARALLELISM, OPS, TaskGraph
+
+__all__ = ["run_iteration", "IterationResult", "MODES", "BREAKDOWN_KINDS"]
+
+MODES = ("exact", "isolated")
+BREAKDOWN_KINDS = ("compute", "tp", "ep", "pp", "dp", "ocs", "wait")
+_KIND_OF_OP = np.array([BREAKDOWN_KINDS.index(OP_PARALLELISM.get(op, "wait")) for op in OPS])
+_INF = flowsim.INF_PS
+
+
+@dataclass
+class IterationResult:
+    """One iteration: ``iteration_time_ps``, per-task ``start_ps``/``finish_ps`` (``int64[T]``),
+    ``breakdown_ps`` (``int64[gpus, len(BREAKDOWN_KINDS)]``), OCS records and run statistics."""
+
+    graph: TaskGraph
+    iteration_time_ps: int
+    start_ps: np.ndarray
+    finish_ps: np.ndarray
+    breakdown_ps: np.ndarray
+    ocs_records: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def iteration_time_s(self) -> float:
+        return self.iteration_time_ps * 1e-12
+
+    def breakdown_s(self) -> dict:
+        """Mean over GPUs of each kind, in seconds (``compute`` + the rest = iteration time)."""
+        mean = self.breakdown_ps.mean(axis=0) * 1e-12
+        return {k: float(v) for k, v in zip(BREAKDOWN_KINDS, mean)}
+
+    def timeline(self):
+        """Per-task columns of the graph plus ``start_ps`` and ``finish_ps`` (``pyarrow.Table``)."""
+        table = self.graph.to_arrow()
+        return table.append_column("start_ps", [self.start_ps]).append_column(
+            "finish_ps", [self.finish_ps])
+
+
+def _task_flows(graph: TaskGraph):
+    """Flows of every communication task, concatenated: ``(ptr int64[T+1], src, dst, bytes)``."""
+    comm = np.flatnonzero(graph.kind == COMM)
+    parts = [graph.flows(int(t)) for t in comm]
+    counts = np.zeros(graph.n_tasks, np.int64)
+    counts[comm] = [len(p[0]) for p in parts]
+    ptr = np.zeros(graph.n_tasks + 1, np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    cat = [np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64)
+           for i in range(3)]
+    return ptr, cat[0], cat[1], cat[2]
+
+
+def _route_all(fabric, graph, controller, ptr, src, dst, seed):
+    """Routes of every flow, task by task: the ECMP choice of a task's ``i``-th flow hashes
+    ``(seed, i)``, so identical collectives take identical paths (as a 5-tuple hash would for the
+    same GPU pairs). All-to-alls run on the circuits the controller plans for them; everything else
+    uses the fabric's default routing (MixNet: no circuits, the EPS)."""
+    n = src.size
+    groups = controller.routing_groups(graph) if controller is not None else {-1: None}
+    task_group = controller.task_group if controller is not None else \
+        np.full(graph.n_tasks, -1, np.int64)
+    routes = []
+    lengths = np.zeros(n, np.int64)
+    for t in np.flatnonzero(np.diff(ptr)).tolist():
+        lo, hi = ptr[t], ptr[t + 1]
+        r = fabric.route(src[lo:hi], dst[lo:hi], seed=seed, circuits=groups[int(task_group[t])])
+        lengths[lo:hi] = np.diff(r.route_ptr)
+        routes.append(r.route_links)
+    route_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=route_ptr[1:])
+    links = np.concatenate(routes) if routes else np.zeros(0, np.int64)
+    return route_ptr, links
+
+
+class _Isolated:
+    """Durations of communication tasks run alone on the idle fabric, memoized."""
+
+    def __init__(self, fabric, route_ptr, route_links, size, tolerance):
+        self.fabric, self.route_ptr, self.route_links = fabric, route_ptr, route_links
+        self.size, self.tolerance = size, tolerance
+        self.memo = {}
+        self.simulated = 0
+
+    def duration_ps(self, lo, hi, capacity_bps) -> int:
+        if hi == lo:
+            return 0
+        rp = self.route_ptr[lo:hi + 1] - self.route_ptr[lo]
+        rl = self.route_links[self.route_ptr[lo]:self.route_ptr[hi]]
+        size = self.size[lo:hi]
+        h = hashlib.blake2b(digest_size=16)
+        for a in (rp, rl, size):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(capacity_bps[np.unique(rl)].tobytes())
+        key = h.digest()
+        if key not in self.memo:
+            s = FlowSession(rp, rl, capacity_bps, size, tolerance=self.tolerance)
+            s.start(np.arange(hi - lo), 0)
+            s.advance(_INF - 1)
+            self.memo[key] = int(s.finish_ps.max())
+            self.simulated += 1
+        return self.memo[key]
+
+
+def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", controller=None,
+                  tolerance: float = 0.0, seed: int = 0, progress=None) -> IterationResult:
+    """Execute ``graph`` on ``fabric`` (see the module docstring); ``controller`` is an OCS
+    controller for MixNet fabrics (:func:`fabricsim.ocs.controller.make_controller`)."""
+    require(mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+    require(isinstance(fabric, Fabric), "fabric", "must be a fabricsim Fabric")
+    require(fabric.n_hosts >= graph.placement.gpus, "fabric",
+            f"has {fabric.n_hosts} hosts, the workload needs {graph.placement.gpus} GPUs")
+    t_wall = time.perf_counter()
+    n = graph.n_tasks
+    ptr, src, dst, size = _task_flows(graph)
+    if controller is not None:
+        controller.attach(graph, fabric)
+    route_ptr, route_links = _route_all(fabric, graph, controller, ptr, src, dst, seed)
+    capacity = fabric.link_state()
+    if controller is not None:
+        capacity = controller.initial_capacity(capacity)
+    exact = mode == "exact"
+    session = FlowSession(route_ptr, route_links, capacity, size, tolerance=tolerance) if exact \
+        else None
+    isolated = None if exact else _Isolated(fabric, route_ptr, route_links, size, tolerance)
+    flow_task = np.repeat(np.arange(n), np.diff(ptr))
+    succ_ptr, succ = dag.successors(graph.pred_ptr, graph.pred)
+    waiting = np.diff(graph.pred_ptr).astype(np.int64)
+    flows_left = np.diff(ptr).astype(np.int64)
+    start = np.full(n, -1, np.int64)
+    finish = np.full(n, -1, np.int64)
+    held = np.zeros(n, np.int64)  # ps a communication task waited for a blocking reconfiguration
+    events = []  # (time, seq, kind, payload): 0 task done, 1 start flows, 2 capacity change
+    seq = 0
+    pending_caps = []  # capacity changes from the controller not yet in the engine
+
+    def push(t, kind, payload):
+        nonlocal seq
+        heapq.heappush(events, (int(t), seq, kind, payload))
+        seq += 1
+
+    def apply_changes(changes):
+        for t, links, caps in changes:
+            if exact:
+                push(t, 2, (links, caps))
+            else:
+                capacity[links] = caps  # isolated: the state seen by tasks starting later
+
+    def begin(task, t):
+        """Task ``task`` has all its inputs at ``t``."""
+        if graph.kind[task] == COMPUTE:
+            start[task] = t
+            if controller is not None:
+                apply_changes(controller.on_compute_start(task, t))
+            push(t + int(graph.duration_ps[task]), 0, task)
+            return
+        go = t
+        if controller is not None:
+            go, changes = controller.on_comm_ready(task, t)
+            apply_changes(changes)
+            held[task] = go - t
+        start[task] = go
+        if exact and flows_left[task]:
+            push(go, 1, task)
+        else:
+            d = 0 if exact else isolated.duration_ps(ptr[task], ptr[task + 1], capacity)
+            push(go + d, 0, task)
+
+    def done(task, t):
+        finish[task] = t
+        if controller is not None:
+            apply_changes(controller.on_task_done(task, t))
+        for e in range(succ_ptr[task], succ_ptr[task + 1]):
+            s = succ[e]
+            waiting[s] -= 1
+            if waiting[s] == 0:
+                begin(s, t)
+
+    for task in np.flatnonzero(waiting == 0):
+        begin(int(task), 0)
+    n_done = 0
+    while True:
+        t_py = events[0][0] if events else _INF
+        t_eng = session.next_event_ps() if exact else _INF
+        if t_eng == _INF and t_py == _INF:
+            break
+        if t_eng <= t_py:
+            ids, fin = session.advance(t_eng)
+            for f, tf in zip(ids.tolist(), fin.tolist()):
+                task = int(flow_task[f])
+                flows_left[task] -= 1
+                if flows_left[task] == 0:
+                    done(task, tf)
+                    n_done += 1
+            continue
+        t = t_py
+        starts = []
+        while events and events[0][0] == t:
+            _, _, kind, payload = heapq.heappop(events)
+            if kind == 0:
+                done(payload, t)
+                n_done += 1
+            elif kind == 1:
+                starts.append(np.arange(ptr[payload], ptr[payload + 1]))
+            else:
+                pending_caps.append(payload)
+        if exact:
+            if pending_caps:
+                session.set_capacity(np.concatenate([p[0] for p in pending_caps]),
+                                     np.concatenate([p[1] for p in pending_caps]), t)
+                pending_caps = []
+            if starts:
+                session.start(np.concatenate(starts), t)
+        if progress is not None:
+            progress(n_done, n, t)
+    if np.any(finish < 0):
+        stuck = int(np.flatnonzero(finish < 0)[0])
+        raise RuntimeError(f"task {stuck} ({OPS[graph.op[stuck]]}) never finished: a flow is held "
+                           "by a link that never comes back")
+    iteration_ps = int(finish.max()) if n else 0
+    breakdown = _breakdown(graph, start, finish, held, iteration_ps)
+    stats = dict(mode=mode, tasks=n, flows=int(src.size), wall_s=time.perf_counter() - t_wall,
+                 isolated_simulations=isolated.simulated if isolated else 0)
+    if exact:
+        stats["engine_events"] = int(session.st.clock[flowsim.C_EVENTS])
+    return IterationResult(graph, iteration_ps, start, finish, breakdown,
+                           controller.records if controller is not None else [], stats)
+
+
+def _breakdown(graph, start, finish, held, iteration_ps):
+    """Per GPU: compute time, and idle time charged to the predecessor that finished last."""
+    gpus = graph.placement.gpus
+    out = np.zeros((gpus, len(BREAKDOWN_KINDS)), np.int64)
+    compute = np.flatnonzero(graph.kind == COMPUTE)
+    g = graph.gpu[compute]
+    np.add.at(out[:, 0], g, graph.duration_ps[compute])
+    order = compute[np.lexsort((start[compute], g))]
+    last_end = np.zeros(gpus, np.int64)
+    ocs = BREAKDOWN_KINDS.index("ocs")
+    for task in order.tolist():
+        gpu = int(graph.gpu[task])
+        gap = int(start[task]) - int(last_end[gpu])
+        if gap > 0:
+            preds = graph.pred[graph.pred_ptr[task]:graph.pred_ptr[task + 1]]
+            gate = int(preds[np.argmax(finish[preds])]) if preds.size else -1
+            _charge(out[gpu], gate, gap, graph, held, ocs)
+        last_end[gpu] = finish[task]
+    tail_task = int(np.argmax(finish)) if finish.size else -1
+    for gpu in range(gpus):
+        gap = iteration_ps - int(last_end[gpu])
+        if gap > 0:
+            _charge(out[gpu], tail_task, gap, graph, held, ocs)
+    return out
+
+
+def _charge(row, gate, gap, graph, held, ocs):
+    if gate < 0 or graph.kind[gate] == COMPUTE:
+        row[BREAKDOWN_KINDS.index("wait")] += gap
+        return
+    stall = min(gap, int(held[gate]))
+    row[ocs] += stall
+    row[_KIND_OF_OP[graph.op[gate]]] += gap - stall
