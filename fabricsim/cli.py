@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fabricsim.workload.cli import add_parser as add_workload_parser
 
     add_workload_parser(sub)
+    from fabricsim.cost import add_parser as add_cost_parser
+
+    add_cost_parser(sub)
     return p
 
 
@@ -194,6 +197,12 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import warnings
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"fabricsim: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line
     try:
         return int(args.func(args) or 0)
     except FabricsimError as exc:

@@ -573,7 +573,7 @@ def test_route_kinds_on_k16():
     dst = np.array([7, 8, 63, 64, 0])
     r = f.route(src, dst)
     assert r.path_kind.tolist() == [0, 2, 2, 3, 3]
-    assert PATH_KINDS == ("nvlink", "tor", "pod", "core")
+    assert PATH_KINDS[:4] == ("nvlink", "tor", "pod", "core")
     assert np.diff(r.route_ptr).tolist() == [2, 4, 4, 6, 6]
     # TOR paths: same edge, different server (3:1 build, servers straddle edges).
     f3 = fab("fat_tree", 1024, 100, oversubscription=3)

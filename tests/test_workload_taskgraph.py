@@ -142,8 +142,15 @@ def test_every_micro_batch_passes_every_stage_forward_then_backward(small):
             f = mine[(small.micro_batch[mine] == mb) & (small.phase[mine] == FWD)]
             b = mine[(small.micro_batch[mine] == mb) & (small.phase[mine] == BWD)]
             assert f.max() < b.min()
-            assert small.layer[f].tolist() == [x for x in layers for _ in range(2)]
-            assert small.layer[b].tolist() == [x for x in reversed(layers) for _ in range(2)]
+            last = layers[-1] == get_model(SMALL.model).layers - 1  # the LM head's stage
+            ops = [OPS[o] for o in small.op[f]]
+            assert ops == ["attention", "ffn"] * len(layers) + ["lm_head"] * last
+            assert [OPS[o] for o in small.op[b]] == ["lm_head"] * last + \
+                ["ffn", "attention"] * len(layers)
+            assert small.layer[f].tolist() == [x for x in layers for _ in range(2)] + \
+                [layers[-1]] * last
+            assert small.layer[b].tolist() == [layers[-1]] * last + \
+                [x for x in reversed(layers) for _ in range(2)]
     # through the dependencies: stage 0's first forward tasks of micro-batch mb reach every
     # other task of mb in their replica, on every stage, forward and backward
     for dp in range(SMALL.dp):
@@ -259,7 +266,20 @@ def test_to_arrow(small):
     assert set(t.column("op").to_pylist()) <= set(OPS)
 
 
+def test_lm_head_sits_between_the_forward_and_the_backward_all_to_alls(small):
+    """The last layer's backward combine waits for the LM head's backward computation."""
+    last = get_model(SMALL.model).layers - 1
+    bwd = small.tasks_of("ep_combine_bwd")
+    first_bwd = bwd[small.layer[bwd] == last]
+    for t in first_bwd.tolist():
+        preds = small.pred[small.pred_ptr[t]:small.pred_ptr[t + 1]]
+        assert set(small.op[preds].tolist()) == {OP["lm_head"]}
+
+
 @pytest.mark.parametrize("change, field", [
+    (dict(gating_params={"seed": 3}), "workload.gating_params.seed"),
+    (dict(expert_tp="yes"), "workload.expert_tp"),
+    (dict(micro_batch=2**20, seq_len=2**20), "workload.micro_batch"),
     (dict(schedule="zigzag"), "workload.schedule"),
     (dict(gating="oracle"), "workload.gating"),
     (dict(micro_batch=0), "workload.micro_batch"),

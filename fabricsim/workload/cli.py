@@ -14,25 +14,21 @@ def _workload_config(args):
     from fabricsim.workload.taskgraph import WorkloadConfig
 
     get_model(args.model)  # an unknown model fails here, before the other checks
-    require(args.gpus >= 1, "--gpus", f"must be a positive integer, got {args.gpus}")
+    for flag in ("gpus", "tp", "pp", "ep"):
+        value = getattr(args, flag)
+        require(value >= 1, f"--{flag}", f"must be a positive integer, got {value}")
+    require(args.tp <= 8, "--tp", f"must divide the GPUs of one server (8), got {args.tp}")
     dp = args.dp
     if dp is None:
         inner = args.tp * args.pp * args.ep
         require(inner >= 1 and args.gpus % inner == 0, "--dp",
                 f"cannot be derived: --gpus {args.gpus} is not a multiple of tp * pp * ep = {inner}")
         dp = args.gpus // inner
-    params = {}
+    params = _gating_params(args)
     require(args.gating == "trace" or not args.gating_trace, "--gating-trace",
             "is for --gating trace")
     require(args.gating != "trace" or args.gating_trace, "--gating-trace",
             "is required with --gating trace: a .parquet, .arrow(s) or .h5 expert-load trace")
-    for item in args.gating_param or ():
-        key, sep, value = item.partition("=")
-        require(bool(sep) and key, "--gating-param", f"must be KEY=VALUE, got {item!r}")
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
     if args.gating_trace:
         params["path"] = args.gating_trace
     return WorkloadConfig(model=args.model,
@@ -40,7 +36,22 @@ def _workload_config(args):
                           micro_batch=args.micro_batch, seq_len=args.seq_len,
                           micro_batches=args.micro_batches, gating=args.gating,
                           gating_params=params, seed=args.seed, gpu_profile=args.gpu_profile,
-                          schedule=args.schedule, layer_split=args.layer_split)
+                          schedule=args.schedule, layer_split=args.layer_split,
+                          iteration=args.iteration, expert_tp=args.expert_tp,
+                          compute_overrides=args.compute_overrides)
+
+
+def _gating_params(args) -> dict:
+    """``--gating-param KEY=VALUE`` options as a dict (values parsed as JSON when they can be)."""
+    params = {}
+    for item in args.gating_param or ():
+        key, sep, value = item.partition("=")
+        require(bool(sep) and key, "--gating-param", f"must be KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
 
 
 def _gb(x):
@@ -97,7 +108,7 @@ def _cmd_record(args) -> int:
     require(args.micro_batches >= 1, "--micro-batches", f"must be >= 1, got {args.micro_batches}")
     load = make_expert_load("synthetic", ep=args.ep, n_experts=model.routed_experts,
                             top_k=model.top_k, tokens_per_rank=args.micro_batch * args.seq_len,
-                            moe_layers=model.moe_layers, seed=args.seed)
+                            moe_layers=model.moe_layers, seed=args.seed, **_gating_params(args))
     rows = write_trace(args.out, load, iterations=args.iterations,
                        micro_batches=args.micro_batches, layers=model.moe_layers)
     print(f"{args.out}: {rows:,} rows ({args.iterations} iterations x {model.moe_layers} MoE "
@@ -121,6 +132,11 @@ def _shape_args(p, *, parallel: bool):
     p.add_argument("--seed", type=int, default=0)
 
 
+def _gating_param_arg(p):
+    p.add_argument("--gating-param", action="append", metavar="KEY=VALUE",
+                   help="a synthetic gating parameter, e.g. skew=0.5 (repeatable)")
+
+
 def add_parser(sub) -> None:
     """Register ``fabricsim workload`` and its actions on an argparse subparsers object."""
     w = sub.add_parser("workload", help="MoE models, per-iteration traffic and compute")
@@ -137,8 +153,12 @@ def add_parser(sub) -> None:
     d.add_argument("--micro-batches", type=int, help="per iteration and pipeline (default: pp)")
     d.add_argument("--gating", choices=["reference", "synthetic", "trace"], default="reference")
     d.add_argument("--gating-trace", help="trace file for --gating trace")
-    d.add_argument("--gating-param", action="append", metavar="KEY=VALUE",
-                   help="a synthetic gating parameter, e.g. skew=0.5 (repeatable)")
+    _gating_param_arg(d)
+    d.add_argument("--iteration", type=int, default=0, help="training iteration (gating) (0)")
+    d.add_argument("--expert-tp", action="store_true",
+                   help="split experts over tp too (default: whole experts, TP for attention)")
+    d.add_argument("--compute-overrides", metavar="FILE",
+                   help="TOML of measured operator times (see fabricsim.workload.compute)")
     d.add_argument("--gpu-profile", default="a100", help="a100 (default), h100, h800")
     d.add_argument("--schedule", choices=["1f1b", "gpipe"], default="1f1b")
     d.add_argument("--layer-split", choices=["even", "balanced"], default="even")
@@ -149,8 +169,10 @@ def add_parser(sub) -> None:
                         description="Write a synthetic gating trace in the trace schema "
                                     "(iteration, layer, micro_batch, src_rank, expert, tokens).")
     _shape_args(r, parallel=False)
+    _gating_param_arg(r)
     r.add_argument("--iterations", type=int, default=10)
-    r.add_argument("--micro-batches", type=int, default=1)
+    r.add_argument("--micro-batches", type=int, default=16,
+                   help="micro-batches per iteration (16; must cover describe's --micro-batches)")
     r.add_argument("--out", required=True, help="output file: .parquet, .arrow(s) or .h5")
     r.set_defaults(func=_cmd_record)
     w.set_defaults(func=lambda a: (w.print_help(), 2)[1])

@@ -670,7 +670,18 @@ class TraceLoad(ExpertLoad):
         self.path = os.fspath(path)
         cols, meta = _read_columns(self.path)
         self.source = _json_or_none(meta.get(EXPERT_LOAD_KEY))    # the writer's describe()
+        if isinstance(self.source, dict):  # recorded by write_trace: the shape must match
+            for name in ("ep", "n_experts", "top_k", "tokens_per_rank"):
+                want, got = getattr(self, name), self.source.get(name)
+                if got is not None and got != want:
+                    raise _trace_error(self.path, f"was recorded with {name} = {got}, but the "
+                                       f"workload replays it with {name} = {want}")
         self._check_ranges(cols)
+        over = cols["tokens"] > self.tokens_per_rank
+        if over.any():
+            raise _trace_error(self.path, f"row {int(np.argmax(over))}: {int(cols['tokens'][over][0])} "
+                               f"tokens to one expert, more than the {self.tokens_per_rank} tokens "
+                               "of a source rank's micro-batch (micro_batch * seq_len)")
         order = np.lexsort(tuple(cols[n] for n in reversed(TRACE_COLUMNS[:5])))
         c = {n: v[order] for n, v in cols.items()}
         same = np.ones(order.size, bool)

@@ -7,16 +7,18 @@ forward (F) and backward (B) passes over micro-batches; each pass runs the stage
 ========== ===================================================================================
 forward    ``attention`` (with the router on MoE layers, the embedding on layer 0) ->
            [``tp_allreduce``] -> MoE: ``ep_dispatch`` (FP-1) -> ``ffn`` (shared + routed
-           experts at their load) -> ``ep_combine`` (FP-2); dense: ``ffn`` -> [``tp_allreduce``]
-backward   MoE: ``ep_combine_bwd`` (BP-1, "AGGREGATE backward") -> ``ffn`` -> ``ep_dispatch_bwd``
-           (BP-2); dense: ``ffn`` -> [``tp_allreduce``] -> ``attention`` -> [``tp_allreduce``]
+           experts at their load) -> ``ep_combine`` (FP-2); dense: ``ffn`` -> [``tp_allreduce``];
+           after the last layer ``lm_head`` (with the loss)
+backward   ``lm_head`` first on the last stage; MoE: ``ep_combine_bwd`` (BP-1, "AGGREGATE
+           backward") -> ``ffn`` -> ``ep_dispatch_bwd`` (BP-2); dense: ``ffn`` ->
+           [``tp_allreduce``]; then ``attention`` -> [``tp_allreduce``]
 between    ``pp_activation`` (stage s -> s + 1 after F), ``pp_gradient`` (s + 1 -> s after B)
 stages
 end        ``dp_reduce`` -> ``dp_ring`` -> ``dp_broadcast``: gradients, per stage, once every
            GPU of the group has finished its last backward computation
 ========== ===================================================================================
 
-The LM head runs in the last layer's ``ffn`` task. Compute tasks run on one GPU each, in the
+Compute tasks run on one GPU each, in the
 schedule's order (each depends on the previous compute task of its GPU: one compute stream per
 GPU); a collective (all-to-all, all-reduce) waits for every member and every member's next task
 waits for it. Byte formulas: :mod:`fabricsim.workload.traffic`.
@@ -43,7 +45,7 @@ from fabricsim.workload.placement import LAYER_SPLITS, place
 __all__ = ["WorkloadConfig", "TaskGraph", "build_iteration", "OPS", "COMPUTE_OPS", "COMM_OPS",
            "OP_PARALLELISM", "SCHEDULES", "FWD", "BWD", "GRAD"]
 
-COMPUTE_OPS = ("attention", "ffn")
+COMPUTE_OPS = ("attention", "ffn", "lm_head")
 COMM_OPS = ("tp_allreduce", "ep_dispatch", "ep_combine", "ep_combine_bwd", "ep_dispatch_bwd",
             "pp_activation", "pp_gradient", "dp_reduce", "dp_ring", "dp_broadcast")
 OPS = COMPUTE_OPS + COMM_OPS
@@ -52,6 +54,7 @@ OP_PARALLELISM = {"tp_allreduce": "tp", "ep_dispatch": "ep", "ep_combine": "ep",
                   "pp_gradient": "pp", "dp_reduce": "dp", "dp_ring": "dp", "dp_broadcast": "dp"}
 SCHEDULES = ("1f1b", "gpipe")
 GATING_KINDS = ("reference", "synthetic", "trace")
+_RESERVED_GATING = ("seed", "ep", "n_experts", "top_k", "tokens_per_rank", "moe_layers")
 FWD, BWD, GRAD = 0, 1, 2
 PHASE_NAMES = ("fwd", "bwd", "grad")
 _OP = {name: i for i, name in enumerate(OPS)}
@@ -101,7 +104,8 @@ class WorkloadConfig:
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"workload.{name}",
                     f"must be a positive integer, got {v!r}")
         if self.micro_batches is not None:
-            require(isinstance(self.micro_batches, int) and self.micro_batches >= 1,
+            require(isinstance(self.micro_batches, int) and not isinstance(self.micro_batches, bool)
+                    and self.micro_batches >= 1,
                     "workload.micro_batches", f"must be a positive integer, got {self.micro_batches!r}")
         for name in ("seed", "iteration"):
             v = getattr(self, name)
@@ -115,6 +119,14 @@ class WorkloadConfig:
                 f"must be one of {', '.join(LAYER_SPLITS)}, got {self.layer_split!r}")
         require(isinstance(self.gating_params, dict), "workload.gating_params",
                 f"must be a table, got {self.gating_params!r}")
+        for key in self.gating_params:
+            require(key not in _RESERVED_GATING, f"workload.gating_params.{key}",
+                    "is set by the workload (use workload.seed / --seed for the seed); allowed: "
+                    "the generator's parameters, e.g. skew, drift, layer_corr, spatial, noise")
+        require(isinstance(self.expert_tp, bool), "workload.expert_tp",
+                f"must be true or false, got {self.expert_tp!r}")
+        require(self.micro_batch * self.seq_len <= 2**31, "workload.micro_batch",
+                f"micro_batch * seq_len must be <= 2**31 tokens, got {self.micro_batch * self.seq_len}")
 
     @property
     def n_micro_batches(self) -> int:
@@ -418,9 +430,11 @@ class _GraphBuilder:
             ffn_ps = (cm.time_ps("experts", ph, recv) + t("shared_experts", ph))[pl.ep_rank[gpus]]
         else:
             ffn_ps = np.full(len(gpus), t("dense_ffn", ph), np.int64)
-        if layer == model.layers - 1:
-            ffn_ps = ffn_ps + t("lm_head", ph)
         attn_ps = np.full(len(gpus), attn_ps, np.int64)
+        head = layer == model.layers - 1  # the LM head (and loss) follows the last layer
+        if head and phase == BWD:  # the loss gradient starts the backward pass
+            need = self.compute(gpus, np.full(len(gpus), t("lm_head", ph), np.int64), need,
+                                op="lm_head", **kw)
         if phase == FWD:
             need = self.compute(gpus, attn_ps, need, op="attention", **kw)
             need = self.tp_allreduce(gpus, need, **kw)
@@ -429,7 +443,12 @@ class _GraphBuilder:
             need = self.compute(gpus, ffn_ps, need, op="ffn", **kw)
             if moe:
                 need = self.a2a("ep_combine", need, transpose=True, **kw)
-            return self.tp_allreduce(gpus, need, **kw) if ffn_tp else need
+            if ffn_tp:
+                need = self.tp_allreduce(gpus, need, **kw)
+            if head:
+                need = self.compute(gpus, np.full(len(gpus), t("lm_head", ph), np.int64), need,
+                                    op="lm_head", **kw)
+            return need
         if moe:
             need = self.a2a("ep_combine_bwd", need, transpose=False, **kw)
         need = self.compute(gpus, ffn_ps, need, op="ffn", **kw)
