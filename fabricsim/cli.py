@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fabricsim.cost import add_parser as add_cost_parser
 
     add_cost_parser(sub)
+    from fabricsim.reproduce import add_parser as add_reproduce_parser
+
+    add_reproduce_parser(sub)
     return p
 
 

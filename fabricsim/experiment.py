@@ -1,0 +1,178 @@
+"""One experiment point: a model and its parallelism on a fabric at a link speed, simulated for one
+training iteration, with its network cost. The unit that ``fabricsim reproduce`` and sweeps run.
+
+:class:`Point` holds every parameter (JSON-able, hashable into a stable id); :func:`run_point`
+builds the workload's task graph and the fabric, runs the iteration (:func:`fabricsim.runner.
+run_iteration`) and returns one flat result row (a dict of scalars: the parameters, the iteration
+time, its breakdown, the network cost).
+
+Fabric names (as in the results): ``fattree`` (non-blocking fat-tree, one NIC of B per GPU),
+``oversub`` (3:1 oversubscribed fat-tree, the ``ports`` build), ``railopt`` (rail-optimized,
+the fat-tree build), ``topoopt`` (flat degree-8 direct-connect topology built once from the
+iteration's traffic), ``mixnet`` (EPS fat-tree at (8 - alpha) B per server plus regional OCS of
+alpha circuits per server, one region per EP group, controller policy ``policy``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fabricsim.errors import require
+
+__all__ = ["Point", "run_point", "FABRICS", "PAPER_PARALLELISM", "point_id"]
+
+FABRICS = ("fattree", "oversub", "railopt", "topoopt", "mixnet")
+_COST_NAME = {"fattree": "fat_tree", "oversub": "fat_tree_3to1", "railopt": "rail_optimized",
+              "topoopt": "topoopt", "mixnet": "mixnet"}
+
+#: The paper's parallel configurations at 1024 GPUs (reference section 6.2): tp, ep, pp (dp is
+#: what is left), and the layer split.
+PAPER_PARALLELISM = {
+    "mixtral-8x22b": dict(tp=8, ep=8, pp=8),
+    "mixtral-8x7b": dict(tp=4, ep=8, pp=4),
+    "qwen-moe": dict(tp=1, ep=16, pp=4),
+    "llama-moe": dict(tp=1, ep=16, pp=4),
+    "deepseek-r1": dict(tp=1, ep=64, pp=16, layer_split="balanced"),
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    """All parameters of one run. ``micro_batches`` defaults to pp; ``dp`` to what the GPU count
+    leaves; ``region_servers`` (MixNet) to one EP group (``ep * tp / 8``)."""
+
+    model: str = "mixtral-8x7b"
+    fabric: str = "fattree"
+    link_gbps: float = 100.0
+    gpus: int = 128
+    tp: int = 4
+    ep: int = 8
+    pp: int = 4
+    dp: Optional[int] = None
+    micro_batch: int = 8
+    seq_len: int = 4096
+    micro_batches: Optional[int] = None
+    layer_split: str = "even"
+    gating: str = "reference"
+    gating_params: dict = field(default_factory=dict)
+    gpu_profile: str = "a100"
+    alpha: int = 6
+    delay_ms: float = 25.0
+    policy: str = "oracle-blocking"
+    variant: str = "reference"
+    region_servers: Optional[int] = None
+    engine: str = "flow"
+    mode: str = "isolated"
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.fabric in FABRICS, "fabric",
+                f"must be one of {', '.join(FABRICS)}, got {self.fabric!r}")
+        require(self.engine == "flow", "engine",
+                "the task-graph runner drives the flow engine only (the packet engine runs "
+                "flow batches: fabricsim run --engine packet)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resolved_dp(self) -> int:
+        if self.dp is not None:
+            return self.dp
+        inner = self.tp * self.ep * self.pp
+        require(self.gpus % inner == 0, "dp", f"cannot be derived: gpus {self.gpus} is not a "
+                f"multiple of tp * ep * pp = {inner}")
+        return self.gpus // inner
+
+
+def point_id(params: dict) -> str:
+    """A stable id of a point's resolved parameters (16 hex digits)."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _workload(p: Point):
+    from fabricsim.workload import WorkloadConfig
+
+    return WorkloadConfig(model=p.model, gpus=p.gpus, dp=p.resolved_dp(), tp=p.tp, pp=p.pp,
+                          ep=p.ep, micro_batch=p.micro_batch, seq_len=p.seq_len,
+                          micro_batches=p.micro_batches, gating=p.gating,
+                          gating_params=dict(p.gating_params), seed=p.seed,
+                          gpu_profile=p.gpu_profile, layer_split=p.layer_split)
+
+
+def build_fabric(p: Point, graph):
+    """The fabric of a point (and the OCS controller for MixNet)."""
+    from fabricsim.fabric import fat_tree, mixnet, rail_optimized
+
+    servers = p.gpus // 8
+    if p.fabric == "fattree":
+        return fat_tree(p.gpus, p.link_gbps), None
+    if p.fabric == "oversub":
+        return fat_tree(p.gpus, p.link_gbps, oversubscription=3), None
+    if p.fabric == "railopt":
+        return rail_optimized(servers, p.link_gbps), None
+    if p.fabric == "topoopt":
+        from fabricsim.topoopt import topoopt_for_workload
+
+        return topoopt_for_workload(graph, p.link_gbps), None
+    from fabricsim.ocs.controller import make_controller
+
+    region = p.region_servers or max(1, p.ep * p.tp // 8)
+    fab = mixnet(servers, p.link_gbps, alpha=p.alpha, region_servers=region, seed=13)
+    ctl = make_controller(p.policy, delay_ms=p.delay_ms, variant=p.variant)
+    if p.policy == "predict":
+        ctl.predictor = _trained_predictor(p, graph)
+    return fab, ctl
+
+
+def _trained_predictor(p: Point, graph, window: int = 8):
+    """A Copilot predictor fitted on the rank loads of the ``window`` iterations before this one."""
+    import numpy as np
+
+    from fabricsim.ocs.copilot import CopilotPredictor
+    from fabricsim.workload.gating import make_expert_load
+
+    model = graph.placement.model
+    load = make_expert_load(p.gating, ep=p.ep, n_experts=model.routed_experts, top_k=model.top_k,
+                            tokens_per_rank=p.micro_batch * p.seq_len, moe_layers=model.moe_layers,
+                            seed=p.seed, **dict(p.gating_params))
+    pred = CopilotPredictor(p.ep, model.moe_layers, window=window)
+    for it in range(max(0, graph.config.iteration - window), graph.config.iteration):
+        loads = np.stack([load.rank_tokens(it, layer, 0).sum(axis=0)
+                          for layer in range(model.moe_layers)])
+        pred.observe(it, loads)
+    return pred
+
+
+def run_point(point: Point, *, progress=None) -> dict:
+    """Simulate one iteration of ``point``; returns its result row (flat dict of scalars)."""
+    from fabricsim.cost import network_cost_usd
+    from fabricsim.runner import BREAKDOWN_KINDS, run_iteration
+    from fabricsim.workload import build_iteration
+
+    t0 = time.perf_counter()
+    cfg = _workload(point)
+    graph = build_iteration(cfg)
+    fabric, controller = build_fabric(point, graph)
+    result = run_iteration(graph, fabric, mode=point.mode, controller=controller, seed=point.seed,
+                           progress=progress)
+    params = point.to_dict()
+    params["dp"] = cfg.dp
+    params["micro_batches"] = cfg.n_micro_batches
+    row = {"point_id": point_id(params)}
+    row.update({k: (json.dumps(v, sort_keys=True) if isinstance(v, dict) else v)
+                for k, v in params.items()})
+    breakdown = result.breakdown_s()
+    row.update(iteration_time_s=result.iteration_time_s,
+               compute_bound_s=graph.critical_path_ps() * 1e-12,
+               **{f"{k}_s": breakdown[k] for k in BREAKDOWN_KINDS},
+               network_cost_usd=network_cost_usd(_COST_NAME[point.fabric], point.gpus,
+                                                 point.link_gbps, alpha=point.alpha),
+               reconfigurations=len(result.ocs_records), tasks=graph.n_tasks,
+               flows=result.stats["flows"], wall_s=time.perf_counter() - t0)
+    return row
