@@ -1,0 +1,688 @@
+"""Circuit allocation for one OCS region: which server pairs get how many optical circuits.
+
+A region has ``R`` servers, each with ``alpha`` NICs on the region's OCS and ``8 - alpha`` on the
+electrical fabric (EPS). A circuit configuration is a symmetric matrix ``C : int64[R, R]`` with a
+zero diagonal and row sums ``<= alpha``: server pair ``(i, j)`` gets ``C[i, j]`` circuits, i.e. a
+direct link of ``C[i, j] * link_bps`` in each direction; pairs with ``C[i, j] == 0`` talk over the
+EPS.
+
+Input demand is ``demand_bytes : float64[R, R]``, the bytes server ``i`` sends to server ``j`` in
+one all-to-all of the region (directional; the diagonal is ignored).
+
+Variants (:data:`VARIANTS`, chosen with ``allocate_circuits(..., variant=...)``):
+
+``paper``
+    Algorithm 1 of the paper as printed (reference section 3.4), see :func:`allocate_paper`.
+``reference`` (default)
+    The released simulator's loop (``RegionalTopoManager::regional_topo_reconfig``, reference
+    section 3.5), see :func:`allocate_reference`.
+``minmax``
+    fabricsim's own: an exact minimizer of the all-to-all completion bound
+    :func:`completion_bound`, see :func:`allocate_minmax`.
+
+The completion bound of a configuration (seconds) is::
+
+    B(C) = max( max over i != j with C[i, j] > 0 of  8 * D[i, j] / (C[i, j] * link_bps),
+                max over servers s of  8 * max(out_eps(s), in_eps(s)) / eps_bps )
+
+with ``out_eps(s) = sum of D[s, j] over j != s with C[s, j] == 0`` and ``in_eps(s)`` the same over
+``D[j, s]``: every direction of a circuit carries ``link_bps``, and a server's circuit-less traffic
+shares its ``eps_bps`` of EPS bandwidth in each direction. It is a lower bound of the all-to-all's
+completion time on the MixNet fabric with a non-blocking EPS (each term is a link that must carry
+those bytes), and the objective of ``minmax``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from fabricsim._jit import njit
+from fabricsim.errors import ConfigError
+
+__all__ = ["VARIANTS", "DEFAULT_LINK_GBPS", "allocate_circuits", "completion_bound",
+           "symmetric_demand", "allocate_paper", "allocate_reference", "allocate_minmax"]
+
+#: The allocation variants, in the order the docs describe them.
+VARIANTS = ("paper", "reference", "minmax")
+
+#: Link speed (Gbit/s) that ``minmax`` assumes when ``link_gbps`` is not given. The bound scales
+#: as 1 / link_gbps when ``eps_gbps = (8 - alpha) * link_gbps``, so the chosen circuits do not
+#: depend on it.
+DEFAULT_LINK_GBPS = 100.0
+
+#: The released simulator's discount: after a pair gets its c-th circuit, T /= c * 100.
+REFERENCE_DISCOUNT = 100.0
+
+#: NICs per server: ``eps_gbps`` defaults to ``(NICS_PER_SERVER - alpha) * link_gbps``.
+NICS_PER_SERVER = 8
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------------
+
+def _demand(demand_bytes) -> np.ndarray:
+    """float64[R, R] copy of the demand with a zero diagonal, or :class:`ConfigError`."""
+    allowed = "must be a square R x R matrix of non-negative finite numbers (bytes)"
+    try:
+        d = np.array(demand_bytes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError("demand_bytes", f"{allowed}; got a non-numeric value") from None
+    if d.ndim != 2 or d.shape[0] != d.shape[1]:
+        raise ConfigError("demand_bytes", f"{allowed}; got shape {d.shape}")
+    if not np.isfinite(d).all():
+        raise ConfigError("demand_bytes", f"{allowed}; got NaN or infinity")
+    if (d < 0).any():
+        raise ConfigError("demand_bytes", f"{allowed}; got a negative entry")
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def _alpha(alpha) -> int:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Integral) or alpha < 0:
+        raise ConfigError("alpha", f"must be an integer >= 0 (OCS ports per server), got {alpha!r}")
+    return int(alpha)
+
+
+def _gbps(value, field: str, *, positive: bool) -> float:
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and np.isfinite(value) and (value > 0 if positive else value >= 0))
+    if not ok:
+        kind = "> 0" if positive else ">= 0"
+        raise ConfigError(field, f"must be a finite number {kind} (Gbit/s), got {value!r}")
+    return float(value)
+
+
+def _circuits(circuits, r: int) -> np.ndarray:
+    allowed = f"must be an {r} x {r} matrix of non-negative integers (circuits per server pair)"
+    try:
+        c = np.array(circuits)
+    except (TypeError, ValueError):
+        raise ConfigError("circuits", allowed) from None
+    if c.shape != (r, r) or not (np.issubdtype(c.dtype, np.integer) or c.dtype == bool):
+        if c.shape == (r, r) and np.issubdtype(c.dtype, np.floating) and np.isfinite(c).all() \
+                and (c == np.round(c)).all():
+            c = c.astype(np.int64)
+        else:
+            raise ConfigError("circuits", f"{allowed}; got shape {c.shape}, dtype {c.dtype}")
+    c = c.astype(np.int64)
+    if (c < 0).any():
+        raise ConfigError("circuits", f"{allowed}; got a negative entry")
+    return c
+
+
+# ------------------------------------------------------------------------------------------------
+# The completion bound
+# ------------------------------------------------------------------------------------------------
+
+def _circuit_term(bytes_, circuits, link_bps):
+    """Seconds to send ``bytes_`` over ``circuits`` links of ``link_bps`` (NumPy broadcasting).
+
+    Every variant and the search kernel evaluate this exact expression, so that a bound compared
+    against a candidate value is bit-for-bit the value :func:`completion_bound` reports.
+    """
+    return bytes_ * 8.0 / (circuits * link_bps)
+
+
+def _eps_term(load_bytes, eps_bps):
+    """Seconds for a server to move ``load_bytes`` over its EPS links (0 for no load; inf when the
+    server has no EPS bandwidth but has load)."""
+    load = np.asarray(load_bytes, dtype=np.float64)
+    if eps_bps == 0:
+        return np.where(load > 0, np.inf, 0.0)
+    return load * 8.0 / eps_bps
+
+
+def _bound(d: np.ndarray, c: np.ndarray, link_bps: float, eps_bps: float) -> float:
+    """:func:`completion_bound` on validated arrays (``d`` with a zero diagonal)."""
+    if d.size == 0:
+        return 0.0
+    on = c > 0
+    np.fill_diagonal(on, False)
+    circ = _circuit_term(d[on], c[on], link_bps)
+    eps = np.where(on, 0.0, d)
+    loads = np.concatenate([eps.sum(axis=1), eps.sum(axis=0)])
+    worst = max(float(circ.max()) if circ.size else 0.0, float(_eps_term(loads, eps_bps).max()))
+    return worst
+
+
+def completion_bound(demand_bytes, circuits, link_gbps, eps_gbps) -> float:
+    """The region's all-to-all completion bound ``B(C)`` in seconds (module docstring).
+
+    Parameters
+    ----------
+    demand_bytes : float[R, R]
+        Directional server-to-server bytes (diagonal ignored).
+    circuits : int[R, R]
+        Circuits per server pair (``circuits[i, j] > 0`` means pair ``(i, j)`` uses its direct
+        link of ``circuits[i, j] * link_gbps`` per direction; it is not checked for symmetry).
+    link_gbps : float > 0
+        Speed of one circuit (one NIC), Gbit/s.
+    eps_gbps : float >= 0
+        EPS bandwidth of one server per direction, Gbit/s (the released simulator:
+        ``(8 - alpha) * link_gbps``). 0 makes any EPS traffic take forever (``inf``).
+    """
+    d = _demand(demand_bytes)
+    c = _circuits(circuits, d.shape[0])
+    link_bps = _gbps(link_gbps, "link_gbps", positive=True) * 1e9
+    eps_bps = _gbps(eps_gbps, "eps_gbps", positive=False) * 1e9
+    return _bound(d, c, link_bps, eps_bps)
+
+
+def symmetric_demand(demand_bytes) -> np.ndarray:
+    """``D + D.T`` with a zero diagonal, float64[R, R]: what the released simulator builds.
+
+    A circuit carries both directions, so the simulator (and Algorithm 1's "sum TX and RX") ranks
+    server pairs by the bytes they exchange in both directions together.
+    """
+    d = _demand(demand_bytes)
+    return d + d.T
+
+
+# ------------------------------------------------------------------------------------------------
+# paper: Algorithm 1 as printed
+# ------------------------------------------------------------------------------------------------
+
+def allocate_paper(demand_bytes, alpha) -> np.ndarray:
+    """Algorithm 1 of the paper, as printed (reference section 3.4). int64[R, R].
+
+    ``S = D + D.T`` (TX and RX summed; only the upper triangle ``i < j`` is used). Every pair with
+    ``S[i, j] > 0`` starts with ``T[i, j] = inf``, every other pair with ``T = 0``. Repeatedly take
+    the pair with the largest ``T`` (ties: the lowest ``(i, j)`` in row-major order, so among the
+    still circuit-less pairs ``(0, 1), (0, 2), ...`` first). If both servers have a free port, add
+    one circuit and set ``T[i, j] = S[i, j] / C[i, j]``; otherwise **stop** (the printed
+    ``break``).
+
+    The printed stop strands ports: the first server to run out of ports ends the loop as soon as
+    it is the bottleneck again, even while other servers have free ports. On the reference 8 x 8
+    trace with ``alpha = 6`` every pair has demand, so server 0 takes one circuit to each of
+    servers 1..6, then pair (0, 7) is the bottleneck with server 0 full: 6 circuits, 36 of the 48
+    ports unused (the released code uses every port; see :func:`allocate_reference`).
+
+    The printed algorithm has no other exit; when no pair has demand (largest ``T`` is 0) this
+    implementation stops too, instead of wiring pairs that have nothing to send.
+    """
+    s = symmetric_demand(demand_bytes)
+    alpha = _alpha(alpha)
+    r = s.shape[0]
+    c = np.zeros((r, r), dtype=np.int64)
+    avail = np.full(r, alpha, dtype=np.int64)
+    upper = np.triu(np.ones((r, r), dtype=bool), k=1)
+    t = np.where(upper, np.where(s > 0, np.inf, 0.0), -1.0)  # -1: not a pair (never the max)
+    while r > 1:
+        i, j = divmod(int(np.argmax(t)), r)  # first maximum in row-major order
+        if t[i, j] <= 0:
+            break
+        if avail[i] == 0 or avail[j] == 0:
+            break
+        _add_circuit(c, avail, i, j)
+        t[i, j] = s[i, j] / c[i, j]
+    return c
+
+
+def _add_circuit(c: np.ndarray, avail: np.ndarray, i: int, j: int) -> None:
+    c[i, j] += 1
+    c[j, i] += 1
+    avail[i] -= 1
+    avail[j] -= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# reference: the released simulator's loop
+# ------------------------------------------------------------------------------------------------
+
+def allocate_reference(demand_bytes, alpha) -> np.ndarray:
+    """The released simulator's greedy (reference section 3.5), step for step. int64[R, R].
+
+    ::
+
+        T = D + D.T (zero diagonal); avail = [alpha] * R
+        while sum(avail) > 0:
+            (i, j) = argmax of T
+            if T[i, j] == 0: break
+            if avail[i] > 0 and avail[j] > 0:
+                C[i, j] += 1; C[j, i] += 1; avail[i] -= 1; avail[j] -= 1
+                T[i, j] = T[j, i] = T[i, j] / (C[i, j] * 100)
+            if avail[i] == 0: zero row i and column i of T
+            if avail[j] == 0: zero row j and column j of T
+
+    The discount divides the *current* ``T``, as the code does, so it compounds: after ``c``
+    circuits ``T = S / (100**c * c!)``. It makes every loaded pair get one circuit before any pair
+    gets a second (unless the demands differ by 100x), and zeroing exhausted servers lets the
+    loop continue until every port that still has a loaded partner is used.
+
+    Tie-breaking: the released code takes the first entry of ``Matrix2D::get_sorted_indices``
+    (descending); its order among equal values is not specified there. Here the argmax is the
+    first maximum of the full ``R x R`` matrix in row-major order (``numpy.argmax``), i.e. what a
+    stable descending sort of the flattened matrix gives: the lowest ``i``, then the lowest
+    ``j``. As ``T`` is symmetric this is always an upper-triangle entry ``i < j``.
+    """
+    t = symmetric_demand(demand_bytes)
+    alpha = _alpha(alpha)
+    r = t.shape[0]
+    c = np.zeros((r, r), dtype=np.int64)
+    avail = np.full(r, alpha, dtype=np.int64)
+    while avail.sum() > 0:
+        i, j = divmod(int(np.argmax(t)), r)
+        if t[i, j] == 0:
+            break
+        if avail[i] > 0 and avail[j] > 0:
+            _add_circuit(c, avail, i, j)
+            t[i, j] = t[j, i] = t[i, j] / (c[i, j] * REFERENCE_DISCOUNT)
+        for k in (i, j):
+            if avail[k] == 0:
+                t[k, :] = 0.0
+                t[:, k] = 0.0
+    return c
+
+
+# ------------------------------------------------------------------------------------------------
+# minmax: exact minimizer of the completion bound
+# ------------------------------------------------------------------------------------------------
+
+_UNDECIDED, _CIRCUIT, _EPS = 0, 1, 2
+
+
+@njit
+def _eps_seconds(load, eps_bps):
+    """Scalar twin of :func:`_eps_term` (same IEEE operations)."""
+    if load <= 0.0:
+        return 0.0
+    if eps_bps == 0.0:
+        return np.inf
+    return load * 8.0 / eps_bps
+
+
+@njit
+def _first_eligible(s, order, pi, pj, need, state, budget):
+    """Position in ``order[s]`` of the first undecided pair at server ``s`` that can still get
+    circuits (both ends have ``need`` free ports); -1 when there is none."""
+    for k in range(order.shape[1]):
+        q = order[s, k]
+        if q < 0:
+            break
+        w = need[q]
+        if state[q] == _UNDECIDED and budget[pi[q]] >= w and budget[pj[q]] >= w:
+            return k
+    return -1
+
+
+@njit
+def _eps_floor(s, order, inbound, d, pi, pj, need, state, budget, committed, scratch):
+    """A lower bound (bytes) on server ``s``'s final EPS load in one direction.
+
+    ``committed`` is the load of the pairs already decided for the EPS. Of the undecided pairs
+    at ``s``, those whose both ends still have ``need`` free ports may get circuits; the most
+    demand they can take off the EPS within ``budget[s]`` ports is a 0/1 knapsack (weights: the
+    needs, values: this direction's demand), solved exactly by dynamic programming over the
+    port count. The floor is ``committed`` plus every undecided pair's demand minus that
+    maximum: it ignores only that partners share their ports with other servers. With no
+    eligible pair left it is the exact final load. ``inbound`` selects the direction:
+    ``d[partner, s]`` if True, else ``d[s, partner]``; ``scratch`` : float64[>= alpha + 1].
+    """
+    cap = budget[s]
+    best = scratch[:cap + 1]
+    best[:] = 0.0
+    load = committed
+    for k in range(order.shape[1]):
+        q = order[s, k]
+        if q < 0:
+            break
+        if state[q] != _UNDECIDED:
+            continue
+        u = pj[q] if pi[q] == s else pi[q]
+        v = d[u, s] if inbound else d[s, u]
+        load += v
+        w = need[q]
+        if w <= cap and budget[u] >= w:
+            for c in range(cap, w - 1, -1):
+                if best[c - w] + v > best[c]:
+                    best[c] = best[c - w] + v
+    return load - best[cap]
+
+
+@njit
+def _examine(d, pi, pj, need, state, budget, eo, ei, order_out, order_in, eps_bps, limit,
+             scratch):
+    """Floors of every server at a search node.
+
+    Returns ``(ok, value, branch)``: ``ok`` is False when some server's floor exceeds ``limit``
+    (prune); ``value`` is the largest floor as an EPS term (seconds; exact when ``branch < 0``);
+    ``branch`` is the pair to branch on next: the largest eligible undecided pair, in the
+    direction of the larger floor, of the server with the largest floor among servers that have
+    one (most constrained first); -1 when no undecided pair can get circuits any more (a leaf:
+    the rest goes to the EPS).
+    """
+    value = 0.0
+    branch = -1
+    branch_floor = -1.0
+    for s in range(d.shape[0]):
+        pos_out = _first_eligible(s, order_out, pi, pj, need, state, budget)
+        out = _eps_floor(s, order_out, False, d, pi, pj, need, state, budget, eo[s], scratch)
+        inn = _eps_floor(s, order_in, True, d, pi, pj, need, state, budget, ei[s], scratch)
+        worst = max(_eps_seconds(out, eps_bps), _eps_seconds(inn, eps_bps))
+        if worst > limit:
+            return False, worst, -1
+        value = max(value, worst)
+        floor = max(out, inn)
+        if pos_out >= 0 and floor > branch_floor:
+            branch_floor = floor
+            if inn > out:
+                pos_in = _first_eligible(s, order_in, pi, pj, need, state, budget)
+                branch = order_in[s, pos_in]
+            else:
+                branch = order_out[s, pos_out]
+    return True, value, branch
+
+
+@njit
+def _cover_search(d, pi, pj, need, order_out, order_in, eo0, ei0, alpha, eps_bps, limit, first):
+    """Exact depth-first branch and bound: circuits or EPS for every candidate pair.
+
+    Parameters
+    ----------
+    d : float64[R, R]
+        Directional demand, bytes, zero diagonal.
+    pi, pj : int64[P]
+        Candidate pairs (``pi < pj``).
+    need : int64[P]
+        Circuits a candidate pair takes if it gets circuits (``1 .. alpha``).
+    order_out, order_in : int64[R, R]
+        Per server, the candidate pairs at it sorted by outbound / inbound demand, largest first,
+        padded with -1.
+    eo0, ei0 : float64[R]
+        EPS loads (bytes, out / in) already fixed by the non-candidate pairs.
+    alpha : int
+        Ports per server. ``eps_bps`` : float, EPS bandwidth per server and direction.
+    limit : float
+        Accept only configurations whose worst EPS term (seconds) is ``<= limit``.
+    first : bool
+        Return the first acceptable configuration (a feasibility test) instead of the best.
+
+    Returns ``(found, value, chosen, nodes)``: whether an acceptable configuration exists,
+    its worst EPS term (seconds; the smallest possible one when ``first`` is False),
+    ``chosen : bool[P]`` (the candidates that get circuits) and the number of search nodes.
+
+    Each node branches on one pair (chosen by :func:`_examine`): circuits first, then EPS. A
+    subtree is cut only when some server's floor (:func:`_eps_floor`, a valid lower bound on its
+    final EPS load) exceeds ``limit``, and leaves are exact, so no acceptable configuration is
+    missed. When ``first`` is False, ``limit`` drops just below each configuration found, so the
+    last one found is optimal.
+    """
+    r = d.shape[0]
+    p_count = pi.shape[0]
+    budget = np.full(r, alpha, dtype=np.int64)
+    eo = eo0.copy()
+    ei = ei0.copy()
+    state = np.zeros(p_count, dtype=np.int8)
+    branch = np.full(p_count + 1, -1, dtype=np.int64)  # pair decided at each depth; -1: new node
+    next_opt = np.zeros(p_count + 1, dtype=np.int8)   # 0: try circuits, 1: try EPS, 2: done
+    saved = np.zeros((p_count + 1, 4))  # eo[i], ei[i], eo[j], ei[j] before an EPS decision
+    chosen = np.zeros(p_count, dtype=np.bool_)
+    scratch = np.zeros(alpha + 1)  # knapsack table of _eps_floor
+    found = False
+    best = np.inf
+    nodes = 0
+    depth = 0
+    while depth >= 0:
+        q = branch[depth]
+        if q < 0:  # a new node
+            nodes += 1
+            ok, value, q = _examine(d, pi, pj, need, state, budget, eo, ei, order_out, order_in,
+                                    eps_bps, limit, scratch)
+            if ok and q < 0:  # leaf
+                found = True
+                best = value
+                for p in range(p_count):
+                    chosen[p] = state[p] == _CIRCUIT
+                if first:
+                    break
+                limit = np.nextafter(value, -np.inf)
+            if q < 0:
+                depth -= 1
+                continue
+            branch[depth] = q
+            next_opt[depth] = 0
+        i, j, w = pi[q], pj[q], need[q]
+        if state[q] == _CIRCUIT:  # undo the option tried last at this node
+            budget[i] += w
+            budget[j] += w
+        elif state[q] == _EPS:
+            eo[i], ei[i], eo[j], ei[j] = saved[depth, 0], saved[depth, 1], saved[depth, 2], \
+                saved[depth, 3]
+        state[q] = _UNDECIDED
+        if next_opt[depth] == 0:  # circuits (the pair is eligible by construction)
+            budget[i] -= w
+            budget[j] -= w
+            state[q] = _CIRCUIT
+        elif next_opt[depth] == 1:
+            saved[depth, 0], saved[depth, 1], saved[depth, 2], saved[depth, 3] = \
+                eo[i], ei[i], eo[j], ei[j]
+            eo[i] += d[i, j]
+            ei[j] += d[i, j]
+            eo[j] += d[j, i]
+            ei[i] += d[j, i]
+            state[q] = _EPS
+        else:
+            branch[depth] = -1
+            depth -= 1
+            continue
+        next_opt[depth] += 1
+        depth += 1
+        branch[depth] = -1
+    return found, best, chosen, nodes
+
+
+class _MinmaxProblem:
+    """The pairs of one ``minmax`` instance and the search over circuit needs.
+
+    ``m[p] = max(D_ij, D_ji)`` for the pairs ``p = (i, j), i < j`` with any demand, in branching
+    order (largest ``m`` first, ties by ``(i, j)``); ``terms[p, c - 1]`` is the circuit term of
+    pair ``p`` with ``c`` circuits, ``c = 1 .. alpha`` (seconds).
+    """
+
+    def __init__(self, d: np.ndarray, alpha: int, link_bps: float, eps_bps: float):
+        self.d, self.alpha, self.eps_bps = d, alpha, eps_bps
+        r = d.shape[0]
+        iu, ju = np.triu_indices(r, k=1)
+        m = np.maximum(d[iu, ju], d[ju, iu])
+        keep = m > 0
+        iu, ju, m = iu[keep], ju[keep], m[keep]
+        order = np.lexsort((ju, iu, -m))  # m descending, then (i, j)
+        self.pi, self.pj, self.m = iu[order].astype(np.int64), ju[order].astype(np.int64), m[order]
+        counts = np.arange(1, alpha + 1, dtype=np.int64)
+        self.terms = _circuit_term(self.m[:, None], counts[None, :], link_bps)  # float64[P, alpha]
+        self.nodes = 0
+
+    def candidates(self) -> np.ndarray:
+        """Every value the circuit part of the bound can take, sorted ascending (float64)."""
+        return np.unique(self.terms)
+
+    def needs(self, t: float) -> np.ndarray:
+        """int64[P]: circuits each pair needs for a circuit term ``<= t``; ``alpha + 1`` when even
+        ``alpha`` circuits are not enough. (``terms`` decreases along a row.)"""
+        return 1 + (self.terms > t).sum(axis=1).astype(np.int64)
+
+    def search(self, need: np.ndarray, limit: float, first: bool):
+        """Run :func:`_cover_search` for these needs; pairs needing ``> alpha`` go to the EPS.
+
+        Returns ``(found, eps_value, circuits int64[R, R])``.
+        """
+        d, r = self.d, self.d.shape[0]
+        cand = need <= self.alpha
+        pi, pj, w = self.pi[cand], self.pj[cand], need[cand]
+        eo = np.zeros(r)
+        ei = np.zeros(r)
+        for i, j in zip(self.pi[~cand], self.pj[~cand]):  # fixed on the EPS, branching order
+            eo[i] += d[i, j]
+            ei[j] += d[i, j]
+            eo[j] += d[j, i]
+            ei[i] += d[j, i]
+        order_out = _pair_order(pi, pj, d, r, inbound=False)
+        order_in = _pair_order(pi, pj, d, r, inbound=True)
+        found, value, chosen, nodes = _cover_search(d, pi, pj, w, order_out, order_in, eo, ei,
+                                                    self.alpha, self.eps_bps, limit, first)
+        self.nodes += int(nodes)
+        c = np.zeros((r, r), dtype=np.int64)
+        c[pi[chosen], pj[chosen]] = w[chosen]
+        return found, value, c + c.T
+
+
+def _pair_order(pi, pj, d, r, *, inbound) -> np.ndarray:
+    """int64[R, R]: per server, candidate pair indices by that direction's demand, largest first
+    (ties by pair index), padded with -1."""
+    order = np.full((r, r), -1, dtype=np.int64)
+    for s in range(r):
+        at = np.flatnonzero((pi == s) | (pj == s))
+        partner = np.where(pi[at] == s, pj[at], pi[at])
+        load = d[partner, s] if inbound else d[s, partner]
+        at = at[np.lexsort((at, -load))]
+        order[s, :at.size] = at
+    return order
+
+
+def allocate_minmax(demand_bytes, alpha, *, link_gbps=None, eps_gbps=None) -> np.ndarray:
+    """The configuration with the smallest completion bound ``B(C)`` (exact). int64[R, R].
+
+    ``link_gbps`` defaults to :data:`DEFAULT_LINK_GBPS`, ``eps_gbps`` to
+    ``(8 - alpha) * link_gbps`` (required when ``alpha > 8``).
+
+    **Algorithm.** Write ``m_p = max(D_ij, D_ji)`` for a server pair ``p = (i, j)``; only pairs
+    with ``m_p > 0`` are ever wired. For a target ``t`` (seconds), pair ``p`` may get circuits
+    only if it gets at least ``need_p(t) = min{c : 8 m_p / (c link_bps) <= t}`` of them (if that
+    is ``> alpha`` it must use the EPS); extra circuits never raise ``B``. So ``B(C) <= t`` is
+    possible iff some set ``S`` of pairs, each given ``need_p(t)`` circuits, uses ``<= alpha``
+    ports per server and leaves every server an EPS load (each direction) within ``t``:
+    ``feasible(t)``. ``feasible`` is monotone in ``t`` (needs only shrink, EPS allowances only
+    grow). The circuit part of ``B`` takes one of the finite values ``V = {8 m_p / (c link_bps)
+    : p, c = 1..alpha}`` (sorted ``V_0 < V_1 < ...``) and ``need(t)`` is constant on each
+    ``[V_{k-1}, V_k)``:
+
+    1. binary search for the smallest ``k`` with ``feasible(V_k)`` (``k = len(V)`` if none);
+    2. then ``B* > V_{k-1}`` and ``B* <= V_k``; inside ``(V_{k-1}, V_k)`` the needs are
+       ``need(V_{k-1})`` (no circuits at all when ``k = 0``), the circuit part is
+       ``<= V_{k-1}``, so ``B*`` there is the smallest achievable worst EPS term under those
+       needs, if it is below ``V_k``. One minimizing search settles it; otherwise ``B* = V_k``
+       with the configuration found in step 1.
+
+    Both steps use :func:`_cover_search`, a depth-first branch and bound over the pairs (largest
+    first; circuits before EPS) that tries *every* assignment except subtrees in which some
+    server's EPS load provably exceeds the target: the floor adds to the load already on the
+    EPS every undecided pair except the largest ``budget // min need`` that could still get
+    circuits. As only provably infeasible subtrees are cut and every leaf is checked exactly,
+    ``feasible`` is exact and the minimizing search returns the optimum: ``B(C) = B*``. The
+    values compared are the very floating-point expressions :func:`completion_bound` evaluates;
+    for integer byte counts (sums exact below 2**53) the result is the exact optimum, for
+    fractional ones up to the rounding of the EPS sums.
+
+    **Cost.** ``log2(P alpha) + 2`` searches. The search is exponential in the worst case (the
+    problem is a knapsack-like covering with degree limits) but the floors prune hard at region
+    sizes that matter: see ``benchmarks/bench_ocs.py`` for measured times (R = 8, alpha = 6:
+    about a millisecond; R = 16: tens of milliseconds).
+
+    **Leftover ports.** The optimum usually leaves ports free. They are then given out one
+    circuit at a time, deterministically, without raising ``B``: among pairs with demand whose
+    both servers have a free port (and, for a pair still on the EPS, whose one-circuit term
+    ``8 m_p / link_bps`` is ``<= B*``), add a circuit to the pair with the longest *pair time* —
+    ``8 m_p / (C_p link_bps)`` for a wired pair, the worst EPS term of its two servers for an EPS
+    pair — ties to the lowest ``(i, j)``. Adding a circuit to a wired pair shortens its term;
+    moving a pair off the EPS lowers its servers' EPS loads and adds a term ``<= B*``; so ``B``
+    stays ``B*`` while the secondary terms shrink. Pairs without demand never get circuits.
+    """
+    d = _demand(demand_bytes)
+    alpha = _alpha(alpha)
+    link_gbps = DEFAULT_LINK_GBPS if link_gbps is None else _gbps(link_gbps, "link_gbps",
+                                                                   positive=True)
+    if eps_gbps is None:
+        if alpha > NICS_PER_SERVER:
+            raise ConfigError("eps_gbps", f"must be given when alpha > {NICS_PER_SERVER} "
+                                          f"(the default is (8 - alpha) * link_gbps); alpha={alpha}")
+        eps_gbps = (NICS_PER_SERVER - alpha) * link_gbps
+    eps_gbps = _gbps(eps_gbps, "eps_gbps", positive=False)
+    c, _ = _minmax(d, alpha, link_gbps * 1e9, eps_gbps * 1e9)
+    return c
+
+
+def _minmax(d: np.ndarray, alpha: int, link_bps: float, eps_bps: float):
+    """``(C, nodes)``: the ``minmax`` configuration of validated inputs and the search nodes."""
+    prob = _MinmaxProblem(d, alpha, link_bps, eps_bps)
+    values = prob.candidates()
+    lo, hi = 0, values.size  # smallest feasible index lies in [lo, hi]; hi = none feasible
+    at_hi = None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found, _, c = prob.search(prob.needs(values[mid]), values[mid], first=True)
+        if found:
+            hi, at_hi = mid, c
+        else:
+            lo = mid + 1
+    k = hi
+    need = prob.needs(values[k - 1]) if k > 0 else np.full(prob.m.size, alpha + 1, np.int64)
+    limit = np.nextafter(values[k], -np.inf) if k < values.size else np.inf
+    found, _, c = prob.search(need, limit, first=False)
+    if not found:
+        c = at_hi  # B* = values[k]
+    c = _spend_leftover_ports(d, c, alpha, link_bps, eps_bps)
+    return c, prob.nodes
+
+
+def _spend_leftover_ports(d, c, alpha, link_bps, eps_bps) -> np.ndarray:
+    """Give free ports to loaded pairs without raising the bound (see :func:`allocate_minmax`)."""
+    r = d.shape[0]
+    c = c.copy()
+    bound = _bound(d, c, link_bps, eps_bps)
+    m = np.maximum(d, d.T)
+    upper = np.triu(m > 0, k=1)
+    single = _circuit_term(m, 1, link_bps)
+    while True:
+        free = c.sum(axis=1) < alpha
+        eligible = upper & free[:, None] & free[None, :] & ((c > 0) | (single <= bound))
+        if not eligible.any():
+            return c
+        eps = np.where(c > 0, 0.0, d)
+        worst = np.maximum(_eps_term(eps.sum(axis=1), eps_bps), _eps_term(eps.sum(axis=0), eps_bps))
+        eps_pair = np.maximum(worst[:, None], worst[None, :])
+        wired = _circuit_term(m, np.maximum(c, 1), link_bps)
+        time = np.where(c > 0, wired, eps_pair)
+        time = np.where(eligible, time, -1.0)
+        i, j = divmod(int(np.argmax(time)), r)
+        c[i, j] += 1
+        c[j, i] += 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------------
+
+def allocate_circuits(demand_bytes, alpha, variant="reference", *, link_gbps=None,
+                      eps_gbps=None) -> np.ndarray:
+    """Circuits per server pair for one region: symmetric ``int64[R, R]``, zero diagonal, row
+    sums ``<= alpha``; no circuit joins two servers that exchange no bytes.
+
+    Parameters
+    ----------
+    demand_bytes : float[R, R]
+        Bytes server ``i`` sends to server ``j`` in the region's all-to-all (directional,
+        non-negative, finite; the diagonal is ignored).
+    alpha : int >= 0
+        OCS ports (NICs) per server.
+    variant : str
+        One of :data:`VARIANTS`: ``"paper"``, ``"reference"`` (default), ``"minmax"``.
+    link_gbps, eps_gbps : float, optional
+        Used by ``minmax`` only (circuit speed, default :data:`DEFAULT_LINK_GBPS`; EPS bandwidth
+        per server and direction, default ``(8 - alpha) * link_gbps``); the greedy variants rank
+        pairs by bytes alone. Validated whenever given.
+    """
+    if variant not in VARIANTS:
+        raise ConfigError("variant", f"must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if variant == "minmax":
+        return allocate_minmax(demand_bytes, alpha, link_gbps=link_gbps, eps_gbps=eps_gbps)
+    if link_gbps is not None:
+        _gbps(link_gbps, "link_gbps", positive=True)
+    if eps_gbps is not None:
+        _gbps(eps_gbps, "eps_gbps", positive=False)
+    if variant == "paper":
+        return allocate_paper(demand_bytes, alpha)
+    return allocate_reference(demand_bytes, alpha)

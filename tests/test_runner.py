@@ -1,0 +1,103 @@
+"""The task-graph runner (fabricsim.runner) and the OCS controller (fabricsim.ocs.controller)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fabricsim.fabric import fat_tree, mixnet
+from fabricsim.ocs.controller import make_controller
+from fabricsim.runner import BREAKDOWN_KINDS, run_iteration
+from fabricsim.workload import WorkloadConfig, build_iteration
+
+# one EP group of 2 servers: one OCS region
+ONE_GROUP = WorkloadConfig(model="mixtral-8x7b", gpus=16, tp=2, ep=8, pp=1, dp=1, micro_batch=1,
+                           seq_len=512, micro_batches=2)
+PIPELINE = WorkloadConfig(model="mixtral-8x7b", gpus=32, tp=2, ep=4, pp=2, dp=2, micro_batch=1,
+                          seq_len=512, micro_batches=2)
+
+
+@pytest.fixture(scope="module")
+def pipeline_graph():
+    return build_iteration(PIPELINE)
+
+
+def test_isolated_equals_exact_when_collectives_never_overlap():
+    """One EP group at a time (pp = 1, dp = 1, tp = 1): no two collectives overlap, so running
+    each alone is exact (up to the picosecond rounding of completions)."""
+    cfg = WorkloadConfig(model="mixtral-8x7b", gpus=8, tp=1, ep=8, pp=1, dp=1, micro_batch=1,
+                         seq_len=512, micro_batches=2)
+    g = build_iteration(cfg)
+    fab = fat_tree(8, 100, gpus_per_server=2)
+    exact = run_iteration(g, fab, mode="exact")
+    iso = run_iteration(g, fab, mode="isolated")
+    assert np.all(np.abs(exact.finish_ps - iso.finish_ps) <= 10)
+    assert iso.stats["isolated_simulations"] < np.count_nonzero(g.kind == 1)  # memoized
+
+
+@pytest.mark.parametrize("mode", ["exact", "isolated"])
+def test_iteration_is_bounded_by_the_critical_path_and_breakdown_adds_up(pipeline_graph, mode):
+    r = run_iteration(pipeline_graph, fat_tree(32, 100), mode=mode)
+    assert r.iteration_time_ps >= pipeline_graph.critical_path_ps()
+    assert np.all(r.breakdown_ps.sum(axis=1) == r.iteration_time_ps)
+    assert np.all(r.finish_ps >= r.start_ps) and np.all(r.start_ps >= 0)
+    # every task starts after its predecessors finish
+    g = pipeline_graph
+    for t in range(0, g.n_tasks, 97):
+        preds = g.pred[g.pred_ptr[t]:g.pred_ptr[t + 1]]
+        assert np.all(r.finish_ps[preds] <= r.start_ps[t])
+    assert set(r.breakdown_s()) == set(BREAKDOWN_KINDS)
+
+
+def test_fast_links_approach_the_critical_path(pipeline_graph):
+    r = run_iteration(pipeline_graph, fat_tree(32, 1e6, nvlink_gbps=1e7), mode="exact")
+    bound = pipeline_graph.critical_path_ps()
+    assert bound <= r.iteration_time_ps <= bound * 1.01
+
+
+def test_deterministic(pipeline_graph):
+    a = run_iteration(pipeline_graph, fat_tree(32, 100))
+    b = run_iteration(pipeline_graph, fat_tree(32, 100))
+    assert np.array_equal(a.finish_ps, b.finish_ps)
+
+
+def mixnet_for(cfg, **kw):
+    servers = cfg.gpus // 8
+    return mixnet(servers, 100, region_servers=cfg.ep * cfg.tp // 8, **kw)
+
+
+def test_oracle_blocking_holds_every_forward_dispatch_for_the_delay():
+    g = build_iteration(ONE_GROUP)
+    fab = mixnet_for(ONE_GROUP)
+    ctl = make_controller("oracle-blocking", delay_ms=25)
+    r = run_iteration(g, fab, controller=ctl)
+    dispatch = g.tasks_of("ep_dispatch")
+    m = g.placement.model.moe_layers
+    assert len(dispatch) == ONE_GROUP.dp * m * ONE_GROUP.micro_batches
+    # every FP-1 starts delay + 10 ps after it was ready (its predecessors' finish)
+    ready = np.array([r.finish_ps[g.pred[g.pred_ptr[t]:g.pred_ptr[t + 1]]].max() for t in dispatch])
+    assert np.all(r.start_ps[dispatch] - ready == 25_000_000_000 + 10)
+    fwd = [x for x in ctl.records if x["phase"] == "ep_dispatch"]
+    assert len(fwd) == len(dispatch)
+    static = run_iteration(g, fab, controller=make_controller("static"))
+    assert r.iteration_time_ps > static.iteration_time_ps
+    assert r.breakdown_s()["ocs"] > 0 and static.breakdown_s()["ocs"] == 0
+
+
+@pytest.mark.parametrize("policy", ["oracle-blocking", "reuse-previous", "static"])
+@pytest.mark.parametrize("mode", ["exact", "isolated"])
+def test_policies_run_and_respect_the_dependencies(policy, mode):
+    g = build_iteration(ONE_GROUP)
+    r = run_iteration(g, mixnet_for(ONE_GROUP), controller=make_controller(policy, delay_ms=1),
+                      mode=mode)
+    assert r.iteration_time_ps >= g.critical_path_ps()
+    assert np.all(r.breakdown_ps.sum(axis=1) == r.iteration_time_ps)
+
+
+def test_tiny_and_huge_delays():
+    g = build_iteration(ONE_GROUP)
+    fab = mixnet_for(ONE_GROUP)
+    short = run_iteration(g, fab, controller=make_controller(delay_ms=0.001))
+    long = run_iteration(g, fab, controller=make_controller(delay_ms=10_000))
+    n_fp1 = len(g.tasks_of("ep_dispatch"))
+    assert long.iteration_time_ps - short.iteration_time_ps >= 0.9 * n_fp1 * 10e12 / ONE_GROUP.dp
