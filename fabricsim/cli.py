@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fabricsim.reproduce import add_parser as add_reproduce_parser
 
     add_reproduce_parser(sub)
+    from fabricsim.ocs.cli import add_parser as add_ocs_parser
+
+    add_ocs_parser(sub)
     return p
 
 

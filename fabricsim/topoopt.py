@@ -14,7 +14,7 @@ nodes: the hosts, one per GPU, host ``h`` on server ``h // gpus_per_server``). L
 NVSwitch NVLink (``nvlink_gbps``, default 600 GiB/s, 0 delay), and one duplex link of kind ``ocs``
 (a patch-panel circuit: optical, but never re-wired) per server pair that has ``c >= 1`` links,
 at ``c * link_gbps`` in each direction (parallel links merged, as the released flat topology's
-queue at ``c x B``), ``link_delay_us`` (1 µs) each way. GPUs reach their server's NICs implicitly:
+queue at ``c x B``), ``link_delay_ps`` (1 µs) each way. GPUs reach their server's NICs implicitly:
 like the released simulators, the GPU -> NIC hop is not modelled, so an inter-server route starts
 at the source server node's link and ends at the destination server node.
 
@@ -85,6 +85,7 @@ import numpy as np
 
 from fabricsim.errors import ConfigError, require
 from fabricsim.fabric import (
+    LINK_DELAY_DEFAULT_PS,
     LINK_NVLINK,
     LINK_OCS,
     NODE_GPU,
@@ -369,7 +370,7 @@ def _build_links(servers, degree, groups, mp, port_split, rng):
 def topoopt(servers: int, link_gbps: float, *, degree: int = 8, gpus_per_server: int = 8,
             allreduce_groups=(), mp_demand=None, port_split: str = "released",
             seed: int = SEED_DEFAULT, nvlink_gbps: float | None = None,
-            link_delay_us: float = 1.0) -> Fabric:
+            link_delay_ps: int = LINK_DELAY_DEFAULT_PS) -> Fabric:
     """A TopoOpt fabric over ``servers`` servers of ``degree`` NICs at ``link_gbps`` each.
 
     ``allreduce_groups``: ``[(member_servers, bytes)]``; ``mp_demand``: ``servers x servers``
@@ -381,10 +382,10 @@ def topoopt(servers: int, link_gbps: float, *, degree: int = 8, gpus_per_server:
     degree = _check_int(degree, "fabric.degree", 2)
     require(degree <= MAX_DEGREE, "fabric.degree",
             f"must be an integer in 2 .. {MAX_DEGREE} (NICs per server), got {degree}")
-    require(isinstance(link_delay_us, (int, float)) and not isinstance(link_delay_us, bool)
-            and math.isfinite(link_delay_us) and link_delay_us >= 0, "fabric.link_delay_us",
-            f"must be a number >= 0 (microseconds), got {link_delay_us!r}")
-    delay_ps = int(round(link_delay_us * 1e6))
+    require(isinstance(link_delay_ps, (int, np.integer)) and not isinstance(link_delay_ps, bool)
+            and link_delay_ps >= 0, "fabric.link_delay_ps",
+            f"must be an integer >= 0 (picoseconds), got {link_delay_ps!r}")
+    delay_ps = int(link_delay_ps)
     nvlink_gbps = _check_common(link_gbps, "gpu", gpus_per_server, nvlink_gbps, delay_ps, 0)
     require(port_split in PORT_SPLITS, "fabric.port_split",
             f"must be one of {', '.join(PORT_SPLITS)}, got {port_split!r}")

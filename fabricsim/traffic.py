@@ -73,10 +73,9 @@ def incast(hosts: int, fan_in: int, target: int, rng: np.random.Generator):
     return src, np.full(fan_in, target, np.int64)
 
 
-def read_matrix(path, hosts: int) -> np.ndarray:
+def read_matrix(path, hosts: int | None = None, field: str = "traffic.file") -> np.ndarray:
     """A hosts x hosts matrix of bytes from ``.npy``, ``.csv`` (no header) or ``.parquet``
-    (one column per destination)."""
-    field = "traffic.file"
+    (one column per destination); any square size when ``hosts`` is None."""
     if not os.path.isfile(path):
         raise ConfigError(field, f"file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
@@ -96,8 +95,12 @@ def read_matrix(path, hosts: int) -> np.ndarray:
         raise
     except Exception as exc:  # a malformed file of a supported kind
         raise ConfigError(field, f"cannot read {path}: {exc}") from None
-    require(m.ndim == 2 and m.shape == (hosts, hosts), field,
-            f"matrix must be {hosts} x {hosts} (hosts x hosts), got shape {m.shape}")
+    if hosts is None:
+        require(m.ndim == 2 and m.shape[0] == m.shape[1], field,
+                f"matrix must be square, got shape {m.shape}")
+    else:
+        require(m.ndim == 2 and m.shape == (hosts, hosts), field,
+                f"matrix must be {hosts} x {hosts} (hosts x hosts), got shape {m.shape}")
     require(np.issubdtype(m.dtype, np.number), field, f"matrix must hold numbers, got {m.dtype}")
     require(bool(np.all(np.isfinite(m))) and bool(np.all(m >= 0)), field,
             "matrix entries must be finite and >= 0 (bytes)")

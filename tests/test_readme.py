@@ -43,7 +43,7 @@ def test_python_examples_run_in_order(tmp_path, monkeypatch, capsys):
 
 def test_quick_start_commands():
     bash = "\n".join(code_blocks("bash"))
-    assert "fabricsim run examples/small.toml" in bash
+    assert "pip install . && fabricsim reproduce --quick" in bash.splitlines()[0]
     assert TEST_COMMAND in bash
     assert os.path.isfile(os.path.join(ROOT, "examples", "small.toml"))
 

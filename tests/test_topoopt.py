@@ -365,7 +365,7 @@ def test_topoopt_for_workload_end_to_end(graph):
     (dict(mp_demand=np.zeros((3, 3))), "fabric.mp_demand"),
     (dict(mp_demand=-np.ones((4, 4))), "fabric.mp_demand"),
     (dict(link_gbps=0), "fabric.link_gbps"),
-    (dict(link_delay_us=-1), "fabric.link_delay_us"),
+    (dict(link_delay_ps=-1), "fabric.link_delay_ps"),
     (dict(seed=-1), "fabric.seed"),
     (dict(gpus_per_server=0), "fabric.gpus_per_server"),
 ])
