@@ -28,7 +28,7 @@ _PACKET_DEFAULTS = PacketParams()
 __all__ = ["FabricConfig", "TrafficConfig", "RunConfig", "PacketConfig", "Scenario", "load_scenario",
            "FABRIC_BUILDERS", "TRAFFIC_PATTERNS"]
 
-FABRIC_BUILDERS = ("fat_tree", "rail_optimized")
+FABRIC_BUILDERS = ("fat_tree", "rail_optimized", "mixnet", "topoopt")
 TRAFFIC_PATTERNS = ("permutation", "all_to_all", "incast", "matrix", "htsim")
 
 
@@ -94,20 +94,40 @@ class FabricConfig:
     nvlink_gbps: Optional[float] = None
     link_delay_us: float = 1.0
     build: str = "fat-tree"  # rail_optimized: fat-tree | superpod
+    alpha: int = 6  # mixnet: NICs per server on the OCS
+    region_servers: Optional[int] = None  # mixnet: servers per OCS region (default: all)
+    ocs_ports: Optional[int] = None  # mixnet: ports of one OCS
+    circuits: str = "random"  # mixnet: random (seeded) | demand (allocated for the traffic)
+    ocs_variant: str = "reference"  # mixnet, circuits = "demand": allocate_circuits variant
+    seed: int = 13  # mixnet: initial circuits; topoopt: shortest-path tie-breaks
+    degree: int = 8  # topoopt: NICs per server
+    port_split: str = "paper"  # topoopt: paper (ports for the traffic matrix) | released
 
     def __post_init__(self):
         _choice(self.builder, FABRIC_BUILDERS, "fabric.builder")
         if self.builder == "fat_tree":
             require(self.hosts is not None, "fabric.hosts", "is required for builder = 'fat_tree'")
-            require(self.servers is None, "fabric.servers", "is for builder = 'rail_optimized'; "
-                    "fat_tree takes hosts")
+            require(self.servers is None, "fabric.servers", "is for builder = 'rail_optimized', "
+                    "'mixnet' or 'topoopt'; fat_tree takes hosts")
         else:
-            require(self.servers is not None, "fabric.servers", "is required for builder = 'rail_optimized'")
-            require(self.hosts is None, "fabric.hosts", "is for builder = 'fat_tree'; rail_optimized "
+            require(self.servers is not None, "fabric.servers",
+                    f"is required for builder = '{self.builder}'")
+            require(self.hosts is None, "fabric.hosts", f"is for builder = 'fat_tree'; {self.builder} "
                     "takes servers")
         require(self.link_delay_us >= 0, "fabric.link_delay_us", f"must be >= 0, got {self.link_delay_us}")
+        _choice(self.circuits, ("random", "demand"), "fabric.circuits")
+        _choice(self.port_split, ("paper", "released"), "fabric.port_split")
 
-    def build_fabric(self):
+    @property
+    def n_hosts(self) -> int:
+        """Hosts (flow endpoints) of the fabric this table builds."""
+        if self.builder == "fat_tree":
+            return self.hosts
+        return self.servers * self.gpus_per_server
+
+    def build_fabric(self, src=None, dst=None, size_bytes=None):
+        """The fabric; ``mixnet`` with ``circuits = "demand"`` and ``topoopt`` are built for the
+        traffic ``src``/``dst``/``size_bytes`` (its server-level demand)."""
         from fabricsim import fabric
 
         delay_ps = int(round(self.link_delay_us * 1e6))
@@ -117,8 +137,45 @@ class FabricConfig:
                                    oversub_build=self.oversub_build, host=self.host,
                                    gpus_per_server=self.gpus_per_server, nvlink_gbps=self.nvlink_gbps,
                                    link_delay_ps=delay_ps)
-        return fabric.rail_optimized(self.servers, self.link_gbps, self.gpus_per_server, build=self.build,
-                                     nvlink_gbps=self.nvlink_gbps, link_delay_ps=delay_ps)
+        if self.builder == "rail_optimized":
+            return fabric.rail_optimized(self.servers, self.link_gbps, self.gpus_per_server,
+                                         build=self.build, nvlink_gbps=self.nvlink_gbps,
+                                         link_delay_ps=delay_ps)
+        demand = self._server_demand(src, dst, size_bytes)
+        if self.builder == "topoopt":
+            from fabricsim.topoopt import topoopt
+
+            return topoopt(self.servers, self.link_gbps, degree=self.degree,
+                           gpus_per_server=self.gpus_per_server, mp_demand=demand,
+                           port_split=self.port_split, seed=self.seed,
+                           nvlink_gbps=self.nvlink_gbps, link_delay_ps=delay_ps)
+        kw = dict(alpha=self.alpha, gpus_per_server=self.gpus_per_server,
+                  region_servers=self.region_servers, ocs_ports=self.ocs_ports, seed=self.seed,
+                  nvlink_gbps=self.nvlink_gbps, link_delay_ps=delay_ps)
+        if self.circuits == "demand":
+            import numpy as np
+
+            from fabricsim.ocs import allocate_circuits
+
+            r = self.region_servers or self.servers
+            require(self.servers % r == 0, "fabric.region_servers",
+                    f"must divide the {self.servers} servers, got {r}")
+            kw["circuits"] = np.stack([
+                allocate_circuits(demand[i:i + r, i:i + r], self.alpha, self.ocs_variant,
+                                  link_gbps=self.link_gbps,
+                                  eps_gbps=(self.gpus_per_server - self.alpha) * self.link_gbps)
+                for i in range(0, self.servers, r)])
+        return fabric.mixnet(self.servers, self.link_gbps, **kw)
+
+    def _server_demand(self, src, dst, size_bytes):
+        import numpy as np
+
+        d = np.zeros((self.servers, self.servers))
+        if src is not None:
+            g = self.gpus_per_server
+            np.add.at(d, (np.asarray(src) // g, np.asarray(dst) // g), np.asarray(size_bytes, float))
+        np.fill_diagonal(d, 0)
+        return d
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,10 @@ def summarize(result: FlowResult, n_hosts: int) -> dict:
 def run_scenario(scenario: Scenario, out_dir=None, progress=None) -> tuple[FlowResult, dict]:
     """Build the fabric and traffic of ``scenario``, simulate, write traces and ``summary.json``
     to ``out_dir`` (when given); returns the result and its summary."""
-    fabric = scenario.fabric.build_fabric()
-    src, dst, size, start, triggers = traffic_mod.from_config(scenario.traffic, fabric.n_hosts,
+    src, dst, size, start, triggers = traffic_mod.from_config(scenario.traffic,
+                                                              scenario.fabric.n_hosts,
                                                               scenario.base_dir)
+    fabric = scenario.fabric.build_fabric(src, dst, size)
     resolved = scenario.to_dict()
     resolved["fabric_resolved"] = fabric.params
     trace = None

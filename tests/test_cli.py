@@ -327,3 +327,29 @@ def test_trace_missing_file(tmp_path):
         code, out, err = run_main(argv)
         assert_one_error_line(code, out, err, "trace")
         assert "not found" in err
+
+
+@pytest.mark.parametrize("builder, extra", [
+    ("mixnet", 'alpha = 2\nregion_servers = 2\ncircuits = "demand"\nocs_variant = "minmax"\n'),
+    ("mixnet", "alpha = 3\n"),
+    ("topoopt", 'degree = 4\n'),
+])
+def test_run_mixnet_and_topoopt_scenarios(tmp_path, capsys, builder, extra):
+    scen = tmp_path / "s.toml"
+    scen.write_text(f'[fabric]\nbuilder = "{builder}"\nservers = 4\ngpus_per_server = 4\n{extra}'
+                    '[traffic]\npattern = "all_to_all"\ngroup_size = 8\nsize_bytes = 100000\n')
+    assert main(["run", str(scen), "--quiet", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert builder in out and "completion" in out
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["summary"]["status"] == "done"
+
+
+def test_mixnet_scenario_errors(tmp_path, capsys):
+    scen = tmp_path / "s.toml"
+    scen.write_text('[fabric]\nbuilder = "mixnet"\nservers = 4\nalpha = 9\n[traffic]\nsize_bytes = 1\n')
+    assert main(["run", str(scen), "--quiet"]) == 2
+    assert "fabric.alpha" in capsys.readouterr().err
+    scen.write_text('[fabric]\nbuilder = "mixnet"\nhosts = 4\n[traffic]\nsize_bytes = 1\n')
+    assert main(["run", str(scen), "--quiet"]) == 2
+    assert "fabric.servers" in capsys.readouterr().err
