@@ -69,16 +69,26 @@ class Point:
     engine: str = "flow"
     mode: str = "isolated"
     seed: int = 0
+    failures: tuple = ()  # e.g. ("nic:3:eps", "gpu:17", "server:5"): fabricsim.failures
 
     def __post_init__(self):
         require(self.fabric in FABRICS, "fabric",
                 f"must be one of {', '.join(FABRICS)}, got {self.fabric!r}")
+        from fabricsim.failures import parse_failures
+
+        object.__setattr__(self, "failures", tuple(str(f) for f in parse_failures(
+            self.failures.split(",") if isinstance(self.failures, str) and self.failures
+            else () if isinstance(self.failures, str) else self.failures)))
+        require(not self.failures or self.fabric == "mixnet", "failures",
+                "failures are modelled on the mixnet fabric")
         require(self.engine == "flow", "engine",
                 "the task-graph runner drives the flow engine only (the packet engine runs "
                 "flow batches: fabricsim run --engine packet)")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["failures"] = ",".join(self.failures)
+        return d
 
     def resolved_dp(self) -> int:
         if self.dp is not None:
@@ -122,8 +132,11 @@ def build_fabric(p: Point, graph):
         return topoopt_for_workload(graph, p.link_gbps), None
     from fabricsim.ocs.controller import make_controller
 
+    from fabricsim.failures import apply_failures
+
     region = p.region_servers or max(1, p.ep * p.tp // 8)
-    fab = mixnet(servers, p.link_gbps, alpha=p.alpha, region_servers=region, seed=13)
+    fab = apply_failures(mixnet(servers, p.link_gbps, alpha=p.alpha, region_servers=region,
+                                seed=13), p.failures)
     ctl = make_controller(p.policy, delay_ms=p.delay_ms, variant=p.variant)
     if p.policy == "predict":
         ctl.predictor = _trained_predictor(p, graph)
@@ -159,8 +172,13 @@ def run_point(point: Point, *, progress=None) -> dict:
     cfg = _workload(point)
     graph = build_iteration(cfg)
     fabric, controller = build_fabric(point, graph)
+    moved = None
+    if point.failures:
+        from fabricsim.failures import gpu_map
+
+        moved = gpu_map(fabric, point.failures)
     result = run_iteration(graph, fabric, mode=point.mode, controller=controller, seed=point.seed,
-                           progress=progress)
+                           progress=progress, gpu_map=moved)
     params = point.to_dict()
     params["dp"] = cfg.dp
     params["micro_batches"] = cfg.n_micro_batches

@@ -64,6 +64,26 @@ class MixNetRouting:
     circuits: np.ndarray
     alpha: int
     link_bps: float
+    eps_ok: np.ndarray = None  # bool[S]: the server still has an EPS NIC (failures)
+    ocs_degree: np.ndarray = None  # int64[S]: working OCS ports per server (failures)
+
+    def __post_init__(self):
+        n = self.ocs_link.shape[0]
+        if self.eps_ok is None:
+            object.__setattr__(self, "eps_ok", np.ones(n, bool))
+        if self.ocs_degree is None:
+            object.__setattr__(self, "ocs_degree", np.full(n, self.alpha, np.int64))
+
+    def relay_peer(self, server: int, circuits=None) -> int:
+        """The region peer that relays the EPS traffic of a server without a working EPS NIC:
+        the one it has the most circuits to (lowest index on ties)."""
+        c = self.circuits if circuits is None else circuits
+        r = self.region_servers
+        row = c[server // r, server % r]
+        if row.max() <= 0:
+            raise ConfigError("failures", f"server {server} has no working EPS NIC and no circuit "
+                              "to a region peer to relay through")
+        return server // r * r + int(np.argmax(row))
 
     @property
     def n_regions(self) -> int:
@@ -88,9 +108,26 @@ class MixNetRouting:
         optical = np.zeros(src.size, bool)
         optical[same_region] = c[ss[same_region] // r, ss[same_region] % r, ds[same_region] % r] > 0
         eps = ~(local | optical)
-        e = self.eps.route(ss[eps], ds[eps], seed)
+        # servers without a working EPS NIC reach the EPS through a region peer's circuit
+        first = np.full(src.size, -1, np.int64)
+        last = np.full(src.size, -1, np.int64)
+        es, ed = ss.copy(), ds.copy()
+        if not self.eps_ok.all():
+            for i in np.flatnonzero(eps & ~self.eps_ok[ss]):
+                p = self.relay_peer(int(ss[i]), c)
+                first[i], es[i] = self.ocs_link[ss[i], p % r], p
+            for i in np.flatnonzero(eps & ~self.eps_ok[ds]):
+                p = self.relay_peer(int(ds[i]), c)
+                last[i], ed[i] = self.ocs_link[p, ds[i] % r], p
+            same = eps & (es == ed)  # relayed onto the peer itself: the circuits alone
+            eps_path = eps & ~same
+        else:
+            eps_path = eps
+        e = self.eps.route(es[eps_path], ed[eps_path], seed)
         length = np.where(local, 2, 1)
-        length[eps] = np.diff(e.route_ptr)
+        length[eps] = 0
+        length[eps_path] = np.diff(e.route_ptr)
+        length += (first >= 0) + (last >= 0)
         ptr = np.zeros(src.size + 1, np.int64)
         np.cumsum(length, out=ptr[1:])
         links = np.empty(ptr[-1], np.int64)
@@ -98,11 +135,17 @@ class MixNetRouting:
         links[at[local]] = self.host_nvl_up[src[local]]
         links[at[local] + 1] = self.host_nvl_down[dst[local]]
         links[at[optical]] = self.ocs_link[ss[optical], ds[optical] % r]
+        head = (first >= 0).astype(np.int64)
+        links[at[first >= 0]] = first[first >= 0]
+        links[ptr[1:][last >= 0] - 1] = last[last >= 0]
         if e.route_links.size:
-            offset = np.repeat(at[eps] - e.route_ptr[:-1], np.diff(e.route_ptr))
+            start = at[eps_path] + head[eps_path]
+            offset = np.repeat(start - e.route_ptr[:-1], np.diff(e.route_ptr))
             links[np.arange(e.route_links.size) + offset] = e.route_links
         kind = np.empty(src.size, np.int8)
-        kind[local], kind[optical], kind[eps] = PATH_NVLINK, PATH_OCS, e.path_kind
+        kind[local], kind[optical] = PATH_NVLINK, PATH_OCS
+        kind[eps] = PATH_OCS
+        kind[eps_path] = e.path_kind
         return Routes(ptr, links, kind)
 
     def paths(self, s: int, d: int, circuits=None) -> list:

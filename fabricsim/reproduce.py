@@ -16,6 +16,9 @@ Studies (``--study``), each a list of :class:`~fabricsim.experiment.Point`:
     Cluster size 128 to 4096 servers (Mixtral 8x22B, 400 Gbps; data parallelism grows).
 ``batch``
     Micro-batches of 32 and 64 sequences (paper D.4; Mixtral 8x22B, 400 Gbps).
+``failures``
+    MixNet with a failed EPS NIC, OCS NIC, GPU or server (:mod:`fabricsim.failures`), against
+    no failure and the fat-tree (Mixtral 8x22B, 400 Gbps).
 
 ``--quick`` shrinks any study to about a minute: 128 GPUs, two models (Mixtral 8x7B and Qwen-MoE
 in their Table 1 configurations), 100 and 400 Gbps.
@@ -37,7 +40,7 @@ from fabricsim.experiment import FABRICS, PAPER_PARALLELISM, Point, run_point
 
 __all__ = ["STUDIES", "study_points", "run_study", "add_parser"]
 
-STUDIES = ("main", "delay", "alpha", "scale", "batch")
+STUDIES = ("main", "delay", "alpha", "scale", "batch", "failures")
 LINK_SPEEDS = (100, 200, 400, 800)
 QUICK_MODELS = {"mixtral-8x7b": dict(tp=4, ep=8, pp=4), "qwen-moe": dict(tp=1, ep=16, pp=4)}
 
@@ -78,6 +81,10 @@ def study_points(study: str = "main", *, quick: bool = False, models=None, link_
     if study == "scale":
         sizes = (16, 32) if quick else (128, 512, 1024, 4096)
         return [point(focus, f, link, gpus=8 * s) for s in sizes for f in ("fattree", "mixnet")]
+    if study == "failures":
+        cases = ((), ("nic:0:eps",), ("nic:0:ocs",), ("gpu:0",), ("server:0",))
+        return [point(focus, "fattree", link)] + [point(focus, "mixnet", link, failures=c)
+                                                  for c in cases]
     batches = (16,) if quick else (32, 64)  # batch
     return [point(focus, f, link, micro_batch=mb) for mb in batches for f in fabrics]
 
@@ -124,14 +131,21 @@ def run_study(points: list, *, progress=None) -> list:
     return rows
 
 
+_CASE_KEYS = ("gpus", "micro_batch", "alpha", "delay_ms", "failures")
+
+
 def format_table(rows: list) -> str:
+    """The printed table; a ``case`` column shows the parameters that vary besides the fabric."""
+    varying = [k for k in _CASE_KEYS if len({str(r[k]) for r in rows}) > 1]
     head = (f"{'model':<15}{'fabric':<9}{'Gbps':>6}{'iter (s)':>10}{'norm':>7}{'ep (s)':>9}"
-            f"{'ocs (s)':>9}{'cost ($)':>13}{'perf/$':>8}")
+            f"{'ocs (s)':>9}{'cost ($)':>13}{'perf/$':>8}" + ("  case" if varying else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
+        case = " ".join(f"{k}={r[k]}" for k in varying if r[k] not in ("", None))
         lines.append(f"{r['model']:<15}{r['fabric']:<9}{r['link_gbps']:>6g}{r['iteration_time_s']:>10.3f}"
                      f"{r['iteration_time_norm']:>7.2f}{r['ep_s']:>9.3f}{r['ocs_s']:>9.3f}"
-                     f"{r['network_cost_usd']:>13,.0f}{r['perf_per_dollar_norm']:>8.2f}")
+                     f"{r['network_cost_usd']:>13,.0f}{r['perf_per_dollar_norm']:>8.2f}"
+                     + (f"  {case}" if varying else ""))
     return "\n".join(lines)
 
 

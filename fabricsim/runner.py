@@ -76,10 +76,14 @@ class IterationResult:
             "finish_ps", [self.finish_ps])
 
 
-def _task_flows(graph: TaskGraph):
-    """Flows of every communication task, concatenated: ``(ptr int64[T+1], src, dst, bytes)``."""
+def _task_flows(graph: TaskGraph, gpu_map=None):
+    """Flows of every communication task, concatenated: ``(ptr int64[T+1], src, dst, bytes)``.
+    ``gpu_map`` moves GPUs (failures); flows that become local are left out (no network)."""
     comm = np.flatnonzero(graph.kind == COMM)
     parts = [graph.flows(int(t)) for t in comm]
+    if gpu_map is not None:
+        parts = [(gpu_map[a], gpu_map[b], c) for a, b, c in parts]
+        parts = [(a[a != b], b[a != b], c[a != b]) for a, b, c in parts]
     counts = np.zeros(graph.n_tasks, np.int64)
     counts[comm] = [len(p[0]) for p in parts]
     ptr = np.zeros(graph.n_tasks + 1, np.int64)
@@ -141,16 +145,18 @@ class _Isolated:
 
 
 def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", controller=None,
-                  tolerance: float = 0.0, seed: int = 0, progress=None) -> IterationResult:
+                  tolerance: float = 0.0, seed: int = 0, progress=None,
+                  gpu_map=None) -> IterationResult:
     """Execute ``graph`` on ``fabric`` (see the module docstring); ``controller`` is an OCS
-    controller for MixNet fabrics (:func:`fabricsim.ocs.controller.make_controller`)."""
+    controller for MixNet fabrics (:func:`fabricsim.ocs.controller.make_controller`);
+    ``gpu_map`` (``int64[H]``, :func:`fabricsim.failures.gpu_map`) moves failed GPUs' traffic."""
     require(mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     require(isinstance(fabric, Fabric), "fabric", "must be a fabricsim Fabric")
     require(fabric.n_hosts >= graph.placement.gpus, "fabric",
             f"has {fabric.n_hosts} hosts, the workload needs {graph.placement.gpus} GPUs")
     t_wall = time.perf_counter()
     n = graph.n_tasks
-    ptr, src, dst, size = _task_flows(graph)
+    ptr, src, dst, size = _task_flows(graph, gpu_map)
     if controller is not None:
         controller.attach(graph, fabric)
     route_ptr, route_links = _route_all(fabric, graph, controller, ptr, src, dst, seed)

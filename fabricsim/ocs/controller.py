@@ -94,16 +94,26 @@ class RegionalController:
                     "fabric.region_servers", "an EP group must lie inside one OCS region; use "
                     "region_servers = ep * tp / gpus_per_server (or a multiple of it)")
             self.exact[(region, int(graph.layer[t]), int(graph.micro_batch[t]))] = \
-                self._add_config(region, self._allocate(d))
+                self._add_config(region, self._allocate(d, region))
         self._plan_sequences(a2a)
 
-    def _allocate(self, demand) -> np.ndarray:
+    def _allocate(self, demand, region) -> np.ndarray:
+        """Circuits for a region's server demand; servers with failed OCS ports (failures) keep
+        only the circuits their working ports can hold (the least-loaded go first)."""
+        from fabricsim.failures import limit_degree
+
         rt = self.rt
         link_gbps = rt.link_bps / 1e9
         eps_gbps = self.fabric.params["eps_gbps"]
         if self.variant == "minmax":
-            return allocate_circuits(demand, rt.alpha, "minmax", link_gbps=link_gbps, eps_gbps=eps_gbps)
-        return allocate_circuits(symmetric_demand(demand), rt.alpha, self.variant)
+            c = allocate_circuits(demand, rt.alpha, "minmax", link_gbps=link_gbps, eps_gbps=eps_gbps)
+        else:
+            c = allocate_circuits(symmetric_demand(demand), rt.alpha, self.variant)
+        r = rt.region_servers
+        degree = rt.ocs_degree[region * r:(region + 1) * r]
+        if np.any(degree < rt.alpha):
+            c = limit_degree(c[None], degree, r, demand=[demand])[0]
+        return c
 
     def _add_config(self, region, c) -> int:
         self.configs.append((region, np.asarray(c, np.int64)))
@@ -166,7 +176,7 @@ class RegionalController:
         g, r = self.graph, self.rt.region_servers
         ep_prev = g.a2a_tokens[g.a2a_matrix[self._dispatch_task(prev_key)]]
         pred = self.predictor.predict_matrix(key[1] - g.placement.model.dense_layers, ep_prev)
-        return self._add_config(region, self._allocate(self._rank_to_server(pred, r)))
+        return self._add_config(region, self._allocate(self._rank_to_server(pred, r), region))
 
     def _dispatch_task(self, key):
         g = self.graph
