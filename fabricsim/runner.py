@@ -75,6 +75,41 @@ class IterationResult:
         return table.append_column("start_ps", [self.start_ps]).append_column(
             "finish_ps", [self.finish_ps])
 
+    def ocs_table(self):
+        """One row per circuit of every re-wiring: ``time_ps``, ``end_ps``, ``region``, ``layer``,
+        ``micro_batch``, ``phase``, ``server_i``, ``server_j`` (region-local), ``circuits``."""
+        import pyarrow as pa
+
+        rows = [dict(time_ps=r["time_ps"], end_ps=r["end_ps"], region=r["region"],
+                     layer=r["layer"], micro_batch=r["micro_batch"], phase=r["phase"],
+                     server_i=i, server_j=j, circuits=c)
+                for r in self.ocs_records for i, j, c in r["pairs"]]
+        schema = pa.schema([("time_ps", pa.int64()), ("end_ps", pa.int64()), ("region", pa.int64()),
+                            ("layer", pa.int64()), ("micro_batch", pa.int64()),
+                            ("phase", pa.string()), ("server_i", pa.int64()),
+                            ("server_j", pa.int64()), ("circuits", pa.int64())])
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def write_traces(self, out_dir, scenario: dict | None = None) -> list:
+        """``timeline.arrows`` (per task) and ``ocs.arrows`` (per re-wiring and circuit) as Arrow
+        IPC streams in ``out_dir``, with the schema version and ``scenario`` in their metadata."""
+        import os
+
+        import pyarrow as pa
+
+        from fabricsim.traces.schema import metadata
+
+        os.makedirs(out_dir, exist_ok=True)
+        paths = []
+        for name, table in (("timeline.arrows", self.timeline()), ("ocs.arrows", self.ocs_table())):
+            path = os.path.join(out_dir, name)
+            table = table.replace_schema_metadata(metadata(scenario))
+            with pa.OSFile(path + ".tmp", "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            os.replace(path + ".tmp", path)
+            paths.append(path)
+        return paths
+
 
 def _task_flows(graph: TaskGraph, gpu_map=None):
     """Flows of every communication task, concatenated: ``(ptr int64[T+1], src, dst, bytes)``.

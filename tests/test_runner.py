@@ -101,3 +101,21 @@ def test_tiny_and_huge_delays():
     long = run_iteration(g, fab, controller=make_controller(delay_ms=10_000))
     n_fp1 = len(g.tasks_of("ep_dispatch"))
     assert long.iteration_time_ps - short.iteration_time_ps >= 0.9 * n_fp1 * 10e12 / ONE_GROUP.dp
+
+
+def test_timeline_and_ocs_traces(tmp_path):
+    import pyarrow as pa
+
+    from fabricsim.traces import read_metadata
+
+    g = build_iteration(ONE_GROUP)
+    ctl = make_controller("oracle-blocking", delay_ms=1)
+    r = run_iteration(g, mixnet_for(ONE_GROUP), controller=ctl)
+    paths = r.write_traces(tmp_path, scenario={"name": "t"})
+    timeline = pa.ipc.open_stream(paths[0]).read_all()
+    assert timeline.num_rows == g.n_tasks
+    assert (timeline.column("finish_ps").to_numpy() >= timeline.column("start_ps").to_numpy()).all()
+    assert read_metadata(timeline.schema.metadata)["scenario"]["name"] == "t"
+    ocs = pa.ipc.open_stream(paths[1]).read_all().to_pandas()
+    assert len(ocs) > 0 and set(ocs.phase) >= {"ep_dispatch"}
+    assert (ocs.end_ps - ocs.time_ps == 1_000_000_000).all() and (ocs.circuits > 0).all()
