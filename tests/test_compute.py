@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from fabricsim.workload.gating import REFERENCE_MATRIX
+
 from fabricsim.errors import ConfigError
 from fabricsim.workload.compute import OPS, PROFILES, ComputeModel, GPUProfile, get_profile
 from fabricsim.workload.models import MoEModel
@@ -19,15 +21,8 @@ TINY = MoEModel("tiny", dense_layers=1, moe_layers=2, hidden=8, expert_ffn=16, d
 
 # The reference gating trace (mfabric.md section 6.4): tokens from source EP rank (row) to expert
 # (column) of Mixtral 8x7B, rows summing to 32768.
-REFERENCE_TRACE = np.array([
-    [9810, 5338, 1231, 3042, 4452, 2004, 841, 6050],
-    [9278, 6282, 839, 3722, 3821, 2903, 909, 5014],
-    [10684, 5165, 1044, 2634, 4344, 3333, 675, 4889],
-    [10897, 5629, 1086, 2114, 2762, 3463, 1059, 5758],
-    [8684, 5666, 1046, 3955, 4334, 2952, 944, 5187],
-    [8361, 5908, 777, 3043, 3984, 3422, 897, 6376],
-    [10208, 5507, 1117, 4148, 3967, 3119, 904, 3798],
-    [9781, 5211, 902, 3343, 4289, 2839, 1008, 5395]])
+REFERENCE_TRACE = REFERENCE_MATRIX
+
 
 MS = 1e9  # ps per ms
 
