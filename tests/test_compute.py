@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from fabricsim.workload.gating import REFERENCE_MATRIX
-
 from fabricsim.errors import ConfigError
 from fabricsim.workload.compute import OPS, PROFILES, ComputeModel, GPUProfile, get_profile
+from fabricsim.workload.gating import REFERENCE_MATRIX
 from fabricsim.workload.models import MoEModel
 
 # A small model whose FLOPs are easy to work out by hand.
