@@ -17,7 +17,7 @@ from fabricsim.errors import ConfigError
 from fabricsim.kernels import flowsim
 
 __all__ = ["EngineOutput", "CapacityEvents", "Triggers", "run_flow_engine", "run_packet_engine",
-           "as_capacity_events", "FlowSession",
+           "as_capacity_events", "FlowSession", "PacketSession",
            "DEFAULT_TOLERANCE"]
 
 #: Default staleness bound of the flow engine (see :func:`fabricsim.kernels.flowsim.advance`).
@@ -357,3 +357,168 @@ def _reverse_routes(route_ptr, route_links, reverse_link):
     pos = np.arange(route_links.shape[0]) - route_ptr[flow]
     mirrored = route_ptr[flow] + lengths[flow] - 1 - pos
     return np.ascontiguousarray(reverse_link[route_links[mirrored]], dtype=np.int64)
+
+
+class PacketSession:
+    """The packet engine driven step by step from outside; the interface of :class:`FlowSession`.
+
+    All flows are declared up front with their routes and sizes and stay pending until
+    :meth:`start` schedules them; :meth:`set_capacity` changes link capacities; :meth:`advance`
+    runs the engine up to a time and returns the flows that finished (packet-pool growth is
+    handled on the way). Starting flows and changing capacities at the times a batch run
+    (:func:`run_packet_engine`) would have them gives bit-identical results: an injection at ``t``
+    runs as that run's timed START / capacity event at ``t`` would, before anything else at ``t``,
+    provided the engine has not yet run events at ``t`` (advance to ``t - 1``, then inject at
+    ``t``). An injection at the engine's own time after events at that time ran is processed next.
+
+    ``reverse_link int64[L]`` gives each link's opposite direction (ACK paths) and ``delay_ps
+    int64[L]`` its propagation delay; :meth:`for_fabric` takes them from a fabric.
+
+    Links at capacity 0: while capacity changes may still come (until :meth:`close_capacity`), a
+    flow held by a link at 0 keeps retrying on timeouts (a batch run does so while it has capacity
+    events left), and when only such retries are left the session is idle (:meth:`next_event_ps`
+    is ``INF_PS``). After :meth:`close_capacity` the batch rule applies: such a flow's timer stops
+    for good. Runs in which every link at 0 comes back are exact either way.
+    """
+
+    def __init__(self, route_ptr, route_links, reverse_link, capacity_bps, delay_ps, size_bytes, *,
+                 params=None, pool_cap: int | None = None):
+        from fabricsim.kernels import packetsim
+
+        self._ps = packetsim
+        params = packetsim.PacketParams() if params is None else params
+        route_ptr = np.ascontiguousarray(route_ptr, dtype=np.int64)
+        route_links = np.ascontiguousarray(route_links, dtype=np.int64)
+        n = route_ptr.shape[0] - 1
+        if n > 0 and int(np.diff(route_ptr).max()) > 255:
+            raise ConfigError("routes", "the packet engine takes routes of at most 255 links")
+        size = np.ascontiguousarray(size_bytes, dtype=np.int64)
+        if size.shape != (n,):
+            raise ValueError(f"size_bytes must have one entry per flow ({n}), got shape {size.shape}")
+        ack_links = _reverse_routes(route_ptr, route_links, np.asarray(reverse_link, dtype=np.int64))
+        empty = np.zeros(0, np.int64)
+        self.st = packetsim.new_state(route_ptr, route_links, ack_links, np.full(n, -1, np.int64), size,
+                                      np.ascontiguousarray(capacity_bps, dtype=np.float64),
+                                      np.ascontiguousarray(delay_ps, dtype=np.int64),
+                                      empty, empty, np.zeros(0), params, pool_cap=pool_cap)
+        self.st.clock[packetsim.C_OPEN] = 1
+        self.n_reported = 0
+        self.grows = 0
+        self._pending_at = -1
+        self._no_links = empty
+        self._no_caps = np.zeros(0)
+
+    @classmethod
+    def for_fabric(cls, fabric, routes, size_bytes, capacity_bps=None, params=None,
+                   pool_cap: int | None = None) -> "PacketSession":
+        """A session for ``routes`` (:class:`fabricsim.fabric.Routes` or ``(route_ptr,
+        route_links)``) on ``fabric``: its links' reverse directions and delays, and
+        ``capacity_bps`` (default the fabric's nominal capacities)."""
+        route_ptr, route_links = routes[0], routes[1]
+        links = fabric.links
+        cap = fabric.link_state() if capacity_bps is None else capacity_bps
+        return cls(route_ptr, route_links, links.reverse, cap, links.delay_ps, size_bytes,
+                   params=params, pool_cap=pool_cap)
+
+    @property
+    def now_ps(self) -> int:
+        return int(self.st.clock[self._ps.C_NOW])
+
+    def next_event_ps(self) -> int:
+        """Time of the engine's next event; ``INF_PS`` when it has nothing to do (or only
+        retries of flows held by a link at capacity 0, which need an injection to progress)."""
+        ps = self._ps
+        t = int(ps.next_event_time(self.st))
+        if t != ps.INF_PS and self.st.clock[ps.C_OPEN] and ps.quiescent(self.st):
+            return int(ps.INF_PS)
+        return t
+
+    def _pending(self) -> bool:
+        c, ps = self.st.clock, self._ps
+        return bool(c[ps.C_START_PTR] < c[ps.C_N_TIMED] or c[ps.C_CAP_PTR] < c[ps.C_N_CAPS])
+
+    def _inject(self, flows, links, caps, at_ps):
+        at_ps = int(at_ps)
+        if self._pending() and at_ps != self._pending_at:
+            raise ValueError("one injection time at a time: advance() first")
+        while True:
+            code = self._ps.inject(self.st, flows, links, caps, at_ps)
+            if code != -3:
+                break
+            self.st = self._ps.grow_events(self.st, links.shape[0])
+        if code:
+            raise ValueError({-1: f"cannot schedule at {at_ps} ps, before the engine's time "
+                                  f"{self.now_ps} ps",
+                              -4: "start(): a flow can start only once (and flow ids must be valid)",
+                              -5: "set_capacity(): link ids must be valid and capacities finite "
+                                  "and >= 0"}[code])
+        self._pending_at = at_ps
+
+    def start(self, flows, at_ps: int) -> None:
+        """Start pending ``flows`` (flow ids) at ``at_ps`` (>= the engine's time)."""
+        self._inject(np.atleast_1d(np.asarray(flows, np.int64)), self._no_links, self._no_caps, at_ps)
+
+    def set_capacity(self, links, capacity_bps, at_ps: int) -> None:
+        """Set ``links`` to ``capacity_bps`` at ``at_ps`` (>= the engine's time)."""
+        if not self.st.clock[self._ps.C_OPEN]:
+            raise ValueError("set_capacity() after close_capacity()")
+        links = np.atleast_1d(np.asarray(links, np.int64))
+        caps = np.atleast_1d(np.asarray(capacity_bps, np.float64))
+        if links.shape != caps.shape or links.ndim != 1:
+            raise ValueError("set_capacity(): links and capacity_bps must have equal lengths")
+        self._inject(self._no_links, links, caps, at_ps)
+
+    def close_capacity(self) -> None:
+        """Declare that no capacity change will come any more: from now on a flow held by a link
+        at capacity 0 with no capacity event pending stops retrying (the batch run's rule)."""
+        self.st.clock[self._ps.C_OPEN] = 0
+
+    def advance(self, until_ps: int, *, stop_at_finish: bool = False):
+        """Run every event up to ``until_ps``; returns ``(flow_ids, finish_ps)`` of the flows that
+        finished since the last call (int64 arrays, in completion order).
+
+        With ``stop_at_finish`` it returns as soon as every event at the time of the first
+        completion has run (``now_ps`` is then that time), so that flows depending on it can be
+        started at that very instant."""
+        ps = self._ps
+        first = self.n_reported
+        lim = int(until_ps)
+        stop = bool(stop_at_finish)
+        while True:
+            code = ps.advance(self.st, lim, _SLICE_EVENTS * 25, stop)
+            if code == ps.GROW:
+                self.st = ps.grow(self.st)
+                self.grows += 1
+                continue
+            if stop and self.st.clock[ps.C_N_DONE] > first:
+                lim = min(lim, int(self.st.fi[self.st.done_order[first], ps.F_FINISH]))
+            if code == ps.PAUSED and int(ps.next_event_time(self.st)) <= lim:
+                continue  # stopped by the slice size only
+            break
+        n_done = int(self.st.clock[ps.C_N_DONE])
+        ids = self.st.done_order[self.n_reported:n_done].copy()
+        self.n_reported = n_done
+        return ids, self.st.fi[ids, ps.F_FINISH]
+
+    @property
+    def finish_ps(self) -> np.ndarray:
+        """``int64[F]`` finish time of every flow, -1 while unfinished."""
+        return self.st.fi[:, self._ps.F_FINISH]
+
+    def link_bytes(self) -> np.ndarray:
+        """Bytes each link carried (serialized, headers included) up to the engine's time."""
+        return self.st.lk[:, self._ps.L_BYTES].astype(np.float64)
+
+    def queue_bytes(self) -> np.ndarray:
+        """Bytes queued at every link now (``int64[L]``)."""
+        return self.st.lk[:, self._ps.L_QBYTES].copy()
+
+    def stats(self) -> dict:
+        """Counters so far: events, data packets sent, retransmissions, ECN marks, drops, ..."""
+        ps, c, fi, lk = self._ps, self.st.clock, self.st.fi, self.st.lk
+        return dict(events=int(c[ps.C_EVENTS]), data_packets=int(fi[:, ps.F_SENT].sum()),
+                    retransmissions=int(fi[:, ps.F_RETX].sum()),
+                    ecn_marks=int(lk[:, ps.L_MARKS].sum()), drops=int(lk[:, ps.L_DROPS].sum()),
+                    data_link_hops=int(c[ps.C_DATA_HOPS]), all_link_hops=int(c[ps.C_ALL_HOPS]),
+                    peak_packets=int(c[ps.C_PEAK_PKTS]), pool_grows=self.grows,
+                    peak_queue_bytes=int(lk[:, ps.L_PEAK].max()) if lk.shape[0] else 0)

@@ -192,5 +192,6 @@ def run_point(point: Point, *, progress=None) -> dict:
                network_cost_usd=network_cost_usd(_COST_NAME[point.fabric], point.gpus,
                                                  point.link_gbps, alpha=point.alpha),
                reconfigurations=len(result.ocs_records), tasks=graph.n_tasks,
+               contended_collectives=result.stats.get("contended_collectives", -1),
                flows=result.stats["flows"], wall_s=time.perf_counter() - t0)
     return row

@@ -120,13 +120,32 @@ def write_results(rows: list, out_dir: str) -> str:
     return path
 
 
-def run_study(points: list, *, progress=None) -> list:
-    """Run the points in order; returns the normalized result rows."""
-    rows = []
-    for i, p in enumerate(points):
-        rows.append(run_point(p))
+def run_study(points: list, *, progress=None, workers: int = 1, scheduler=None) -> list:
+    """Run the points on the sweep runner (:func:`fabricsim.sweep.execute`): one by one in this
+    process (``workers=1``, the default), on ``workers`` local processes, or on the workers of a
+    Dask cluster (``scheduler``: an address or a ``distributed.Client``). Returns the normalized
+    result rows in the order of ``points``; ``progress(done, total, row)`` is called as points
+    finish. A point that fails raises its error (a ConfigError as such)."""
+    from fabricsim.errors import ConfigError
+    from fabricsim.experiment import point_id
+    from fabricsim.sweep import execute, resolve_point
+
+    require(isinstance(workers, int) and workers >= 1, "workers",
+            f"must be a positive integer, got {workers!r}")
+    tasks = [(p, point_id(resolve_point(p))) for p in points]
+    rows = [None] * len(points)
+    done = 0
+    for i, outcome in execute(tasks, workers=0 if workers == 1 else workers, scheduler=scheduler):
+        if outcome[0] != "ok":
+            info = outcome[1]
+            if info.get("config_error") and info.get("field"):
+                raise ConfigError(info["field"], info.get("detail") or info["message"])
+            raise RuntimeError(f"point {i} ({points[i]}) failed: {info['type']}: "
+                               f"{info['message']}\n{info.get('traceback', '')}")
+        rows[i] = outcome[1]
+        done += 1
         if progress is not None:
-            progress(i + 1, len(points), rows[-1])
+            progress(done, len(points), rows[i])
     _normalize(rows)
     return rows
 
@@ -230,7 +249,8 @@ def _cmd_reproduce(args) -> int:
                              f"ETA {eta:.0f} s   ")
             sys.stderr.flush()
 
-    rows = run_study(points, progress=progress)
+    require(args.workers >= 1, "--workers", f"must be a positive integer, got {args.workers}")
+    rows = run_study(points, progress=progress, workers=args.workers)
     if not args.quiet:
         sys.stderr.write("\n")
     path = write_results(rows, out)
@@ -257,5 +277,7 @@ def add_parser(sub) -> None:
     r.add_argument("--gpu-profile", help="a100 (default), h100, h800")
     r.add_argument("--mode", choices=["isolated", "exact"],
                    help="runner mode (default isolated: collectives timed alone, memoized)")
+    r.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run the points on N local processes (default 1: in this process)")
     r.add_argument("--quiet", action="store_true", help="no progress line")
     r.set_defaults(func=_cmd_reproduce)

@@ -16,7 +16,9 @@ Two modes:
   configuration) and then takes that time, memoized over tasks with identical flows and
   circuits. It is exact when communication tasks that overlap in time share no link (one EP group
   at a time, or groups confined to their own servers and circuits); otherwise it ignores
-  contention between concurrent collectives. ``tests/test_runner.py`` compares it with ``exact``.
+  contention between concurrent collectives. ``tests/test_runner.py`` compares it with ``exact``;
+  ``stats["contended_collectives"]`` counts the collectives that overlapped in time with another
+  on a shared link in the run (0: the isolated result is exact).
 
 The breakdown charges each GPU's idle time before a compute task to the kind of the predecessor
 that finished last (``tp``, ``ep``, ``pp``, ``dp`` communication; ``ocs`` for the part of an
@@ -300,10 +302,40 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
     breakdown = _breakdown(graph, start, finish, held, iteration_ps)
     stats = dict(mode=mode, tasks=n, flows=int(src.size), wall_s=time.perf_counter() - t_wall,
                  isolated_simulations=isolated.simulated if isolated else 0)
+    if not exact:
+        stats["contended_collectives"] = _contended(ptr, route_ptr, route_links, start, finish,
+                                                    fabric.n_links)
     if exact:
         stats["engine_events"] = int(session.st.clock[flowsim.C_EVENTS])
     return IterationResult(graph, iteration_ps, start, finish, breakdown,
                            controller.records if controller is not None else [], stats)
+
+
+def _contended(ptr, route_ptr, route_links, start, finish, n_links) -> int:
+    """Communication tasks that ran while another one used one of their links: 0 means the
+    isolated mode was exact for this run."""
+    tasks = np.flatnonzero(np.diff(ptr))
+    if tasks.size < 2:
+        return 0
+    links = [np.unique(route_links[route_ptr[ptr[t]]:route_ptr[ptr[t + 1]]]) for t in tasks]
+    events = sorted([(int(finish[t]), 0, i) for i, t in enumerate(tasks)]
+                    + [(int(start[t]), 1, i) for i, t in enumerate(tasks)])
+    busy = np.zeros(n_links, np.int64)  # collectives in flight on each link
+    hit = np.zeros(tasks.size, bool)
+    active = set()
+    for _, kind, i in events:  # at equal times finishes (0) come before starts (1)
+        if kind == 0:
+            busy[links[i]] -= 1
+            active.discard(i)
+            continue
+        if busy[links[i]].any():
+            hit[i] = True
+            for j in active:
+                if not hit[j] and np.intersect1d(links[i], links[j]).size:
+                    hit[j] = True
+        busy[links[i]] += 1
+        active.add(i)
+    return int(hit.sum())
 
 
 def _breakdown(graph, start, finish, held, iteration_ps):

@@ -3,9 +3,9 @@
 The model (every constant is a parameter; defaults are the released MixNet simulator's):
 
 Time is int64 picoseconds. Events run in ``(time, seq)`` order, ``seq`` being a global counter
-taken when an event is scheduled (flow starts take seq = flow id and capacity events seq =
-F + their index, before anything else), so events at equal times run in the order they were
-scheduled and every run is deterministic.
+taken when an event is scheduled (flow starts take seq = flow id and capacity events seq = F,
+before anything else; capacity events at one time run in their list order), so events at equal
+times run in the order they were scheduled and every run is deterministic.
 
 The event list is not one heap but one queue per kind of event, merged by taking the earliest
 head, so that the common events cost O(1) or O(log L) instead of O(log packets in flight):
@@ -38,6 +38,14 @@ name a trigger to activate when its sender is done (its last packet acknowledged
 receiver is done; a flow with no start time is started by its trigger: the activation schedules
 its START at that instant (a flow of 0 bytes is done on both sides when it starts: send side
 first).
+
+Injection (:func:`inject`; :class:`fabricsim.engine.PacketSession` drives it). Pending flows
+(``start_ps = -1``) can be given a start time, and capacity changes added, from outside, at any
+time no earlier than the engine's clock: they take their place among the timed starts and
+capacity events, so a run fed that way is bit-identical to a run that had them from the start.
+While the state is *open* (``clock[C_OPEN]``: more capacity changes may come), the timer rule
+below never takes a flow for stuck; instead :func:`advance` returns QUIET, before the timeout
+runs, when only timeouts of flows that cannot progress are left (:func:`quiescent`).
 
 Receiver. On a data packet: mark it received, advance the cumulative ``cum`` over received
 packets, and send an ACK carrying ``ackno = cum``, ECN-echo = the packet's CE bit and the packet's
@@ -105,8 +113,10 @@ than a tuple of dozens):
 - ``route_links``/``ack_links int64[nnz]`` forward and reverse routes (row ``fi[f, F_ROUTE]``)
 - event queues: ``ar int64[C, cap, 3]`` arrival rings of (time, seq, packet) with ``ar_hc[C, 2]``
   (head, count); ``tx int64[L, 3]`` and ``tm int64[F, 3]`` heaps of (time, seq, arg); ``sd``
-  and ``rd int64[F, 3]`` the SEND and triggered-start rings; ``start_order int64[F]``; capacity
-  events ``ev_*``; trigger arrays ``trig_*``, ``flow_trig``
+  and ``rd int64[F, 3]`` the SEND and triggered-start rings; ``start_order int64[F]`` (timed
+  starts sorted by (time, flow), the first ``clock[C_N_TIMED]`` entries used); capacity events
+  ``ev_*`` (sorted by time, the first ``clock[C_N_CAPS]`` used, the rest room for :func:`inject`);
+  trigger arrays ``trig_*``, ``flow_trig``
 - ``clock int64[24]`` scalars (``C_*``), ``params int64[8]`` and ``g float64[1]`` the constants
 """
 
@@ -119,8 +129,8 @@ import numpy as np
 from fabricsim._jit import njit
 from fabricsim.kernels.triggers import fire, no_triggers
 
-__all__ = ["PacketState", "PacketParams", "new_state", "advance", "grow", "next_event_time", "DONE",
-           "PAUSED", "GROW", "DEADLOCK"]
+__all__ = ["PacketState", "PacketParams", "new_state", "advance", "grow", "next_event_time", "inject",
+           "grow_events", "quiescent", "DONE", "PAUSED", "GROW", "DEADLOCK", "QUIET"]
 
 INF_PS = np.iinfo(np.int64).max
 MAX_RTO_PS = 60 * 10**12  # backoff ceiling: 60 s
@@ -128,11 +138,12 @@ MAX_RTO_PS = 60 * 10**12  # backoff ceiling: 60 s
 # event kinds
 EV_ARRIVE, EV_TX_DONE, EV_START, EV_TIMER, EV_CAP, EV_SEND = 0, 1, 2, 3, 4, 5
 # advance() return codes
-DONE, PAUSED, GROW, DEADLOCK = 0, 1, 2, 3
+DONE, PAUSED, GROW, DEADLOCK, QUIET = 0, 1, 2, 3, 4
 # clock[] indices
 C_NOW, C_SEQ, C_TX_SIZE, C_FREE_HEAD, C_N_FREE, C_N_DONE, C_EVENTS = 0, 1, 2, 3, 4, 5, 6
 C_N_WAITING, C_TM_SIZE, C_DATA_HOPS, C_ALL_HOPS, C_PEAK_PKTS = 7, 8, 9, 10, 11
 C_START_PTR, C_CAP_PTR, C_SD_HEAD, C_SD_COUNT, C_RD_HEAD, C_RD_COUNT = 12, 13, 14, 15, 16, 17
+C_N_TIMED, C_N_CAPS, C_OPEN = 18, 19, 20  # entries in start_order / ev_*; capacity changes may come
 # params[] indices
 K_MTU, K_HDR, K_BUFFER, K_ECN_K, K_INIT_CWND, K_SSTHRESH, K_MIN_RTO, K_BURST = range(8)
 # packet columns; flags
@@ -248,22 +259,28 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
         triggers = no_triggers(n_flows)
     trig_kind, trig_need, trig_ptr, trig_targets, flow_trig = triggers
     timed = np.flatnonzero(start_ps >= 0)
+    start_order = np.zeros(n_flows, np.int64)  # room for every flow (inject() adds pending ones)
+    start_order[:timed.shape[0]] = timed[np.lexsort((timed, start_ps[timed]))]
     clock = np.zeros(24, np.int64)
-    clock[C_SEQ] = n_flows + ev_time_ps.shape[0]
+    # dynamic seqs come after every start (seq f < F) and capacity event (seq F)
+    clock[C_SEQ] = n_flows + max(ev_time_ps.shape[0], 1)
     clock[C_N_FREE] = pool_cap
+    clock[C_N_TIMED] = timed.shape[0]
+    clock[C_N_CAPS] = ev_time_ps.shape[0]
     return PacketState(
         pk=pk, lk=lk, lcap=capacity_bps.copy(), fi=fi, ff=ff, got=np.zeros(int(base[-1]), np.bool_),
         route_links=route_links, ack_links=ack_links,
         ar=np.zeros((n_classes, pool_cap, 3), np.int64), ar_hc=np.zeros((n_classes, 2), np.int64),
         tx=np.zeros((n_links, 3), np.int64), tm=np.zeros((n_flows, 3), np.int64),
         sd=np.zeros((n_flows, 3), np.int64),
-        start_order=timed[np.lexsort((timed, start_ps[timed]))].astype(np.int64),
+        start_order=start_order,
         rd=np.zeros((n_flows, 3), np.int64), trig_kind=trig_kind, trig_need=trig_need,
         trig_ptr=trig_ptr, trig_targets=trig_targets,
         trig_state=np.zeros((trig_kind.shape[0], 2), np.int64), flow_trig=flow_trig,
         fire_buf=np.empty(n_flows, np.int64),
         waiting=np.empty(n_flows, np.int64), done_order=np.empty(n_flows, np.int64),
-        ev_time_ps=ev_time_ps, ev_link=ev_link, ev_capacity_bps=ev_capacity_bps,
+        ev_time_ps=np.array(ev_time_ps, np.int64), ev_link=np.array(ev_link, np.int64),
+        ev_capacity_bps=np.array(ev_capacity_bps, np.float64),
         clock=clock, params=p, g=np.array([params.dctcp_g]),
     )
 
@@ -397,7 +414,7 @@ def _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, fi, ev_time_ps, clock):
         h = clock[C_SD_HEAD]
         if _before(sd[h, 0], sd[h, 1], best_t, best_s):
             best_t, best_s, kind = sd[h, 0], sd[h, 1], EV_SEND
-    if clock[C_START_PTR] < start_order.shape[0]:
+    if clock[C_START_PTR] < clock[C_N_TIMED]:
         f = start_order[clock[C_START_PTR]]
         if _before(fi[f, F_START], f, best_t, best_s):
             best_t, best_s, kind, src = fi[f, F_START], f, EV_START, 0
@@ -405,9 +422,9 @@ def _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, fi, ev_time_ps, clock):
         h = clock[C_RD_HEAD]
         if _before(rd[h, 0], rd[h, 1], best_t, best_s):
             best_t, best_s, kind, src = rd[h, 0], rd[h, 1], EV_START, 1
-    if clock[C_CAP_PTR] < ev_time_ps.shape[0]:
+    if clock[C_CAP_PTR] < clock[C_N_CAPS]:
         e = clock[C_CAP_PTR]
-        seq = start_order.shape[0] + e
+        seq = fi.shape[0]  # after every start at that time; capacity events run in list order
         if _before(ev_time_ps[e], seq, best_t, best_s):
             best_t, best_s, kind = ev_time_ps[e], seq, EV_CAP
     return best_t, kind, src
@@ -692,12 +709,127 @@ def next_event_time(st):
 
 
 @njit
-def advance(st, until_ps, max_events):
+def _quiescent(ar_hc, tm, fi, lcap, route_links, clock):
+    """True when nothing but retransmission timers is left and none of them can make progress:
+    each timer's flow is fully acknowledged, finished at its receiver, or has a data path link at
+    capacity 0 (and no start or capacity event is pending)."""
+    for c in range(ar_hc.shape[0]):
+        if ar_hc[c, 1]:
+            return False
+    if clock[C_TX_SIZE] or clock[C_SD_COUNT] or clock[C_RD_COUNT]:
+        return False
+    if clock[C_START_PTR] < clock[C_N_TIMED] or clock[C_CAP_PTR] < clock[C_N_CAPS]:
+        return False
+    for i in range(clock[C_TM_SIZE]):
+        f = tm[i, 2]
+        if fi[f, F_ACKED] < fi[f, F_NPKTS] and fi[f, F_FINISH] < 0 and _route_up(fi, lcap, route_links, f):
+            return False
+    return True
+
+
+@njit
+def quiescent(st):
+    """See :func:`_quiescent`: no event left can change a finish time unless something is
+    injected (what is left may be retransmissions of flows held by a link at capacity 0)."""
+    return _quiescent(st.ar_hc, st.tm, st.fi, st.lcap, st.route_links, st.clock)
+
+
+@njit
+def inject(st, flows, links, capacity_bps, at_ps):
+    """Schedule, from outside, the START of pending ``flows`` (int64[n]: flows created with
+    ``start_ps = -1`` that no trigger targets) and capacity changes ``links``/``capacity_bps``
+    (int64[m], float64[m]) at ``at_ps`` >= the engine's current time.
+
+    They join the pre-sorted timed starts and capacity events (``start_order``, ``ev_*``) at their
+    place, so they run exactly as if they had been given to :func:`new_state`: a start with seq
+    = its flow id, a capacity change with seq F, after the capacity events already listed for
+    ``at_ps``. Injections may be at different times. While more capacity changes may come, set
+    ``clock[C_OPEN] = 1`` (a flow held by a link at 0 then retries instead of being taken for
+    stuck, and :func:`advance` returns QUIET when only such retries are left); clear it to apply
+    the batch rule again.
+
+    Returns 0, or (nothing changed) -1 if ``at_ps`` is before the engine's time, -3 if the
+    capacity-event buffers are full (call :func:`grow_events`), -4 if a flow is not pending (bad
+    id, already started or scheduled, or given twice), -5 if a link id or capacity is invalid.
+    """
+    clock, fi = st.clock, st.fi
+    if at_ps < clock[C_NOW]:
+        return -1
+    n_links = st.lcap.shape[0]
+    for i in range(links.shape[0]):
+        c = capacity_bps[i]
+        if links[i] < 0 or links[i] >= n_links or not (c >= 0.0 and c < np.inf):
+            return -5
+    if clock[C_N_CAPS] + links.shape[0] > st.ev_time_ps.shape[0]:
+        return -3
+    n_flows = fi.shape[0]
+    for i in range(flows.shape[0]):
+        f = flows[i]
+        if f < 0 or f >= n_flows or fi[f, F_STATUS] != F_PENDING or fi[f, F_START] != -1:
+            for j in range(i):  # undo the marks
+                fi[flows[j], F_START] = -1
+            return -4
+        fi[f, F_START] = -2  # mark (catches duplicates)
+    order = np.sort(flows)
+    so = st.start_order
+    lo = clock[C_START_PTR]
+    for i in range(order.shape[0]):
+        f = order[i]
+        j = clock[C_N_TIMED]
+        while j > lo and _before(at_ps, f, fi[so[j - 1], F_START], so[j - 1]):
+            so[j] = so[j - 1]
+            j -= 1
+        so[j] = f
+        fi[f, F_START] = at_ps
+        clock[C_N_TIMED] += 1
+    ev_t, ev_l, ev_c = st.ev_time_ps, st.ev_link, st.ev_capacity_bps
+    lo = clock[C_CAP_PTR]
+    for i in range(links.shape[0]):
+        j = clock[C_N_CAPS]
+        while j > lo and ev_t[j - 1] > at_ps:
+            ev_t[j] = ev_t[j - 1]
+            ev_l[j] = ev_l[j - 1]
+            ev_c[j] = ev_c[j - 1]
+            j -= 1
+        ev_t[j] = at_ps
+        ev_l[j] = links[i]
+        ev_c[j] = capacity_bps[i]
+        clock[C_N_CAPS] += 1
+    return 0
+
+
+def grow_events(st: PacketState, extra: int) -> PacketState:
+    """A copy of ``st`` whose capacity-event buffers hold the pending events and room for at least
+    ``extra`` more (processed events are dropped; their order is kept)."""
+    c = st.clock
+    lo, hi = int(c[C_CAP_PTR]), int(c[C_N_CAPS])
+    keep = hi - lo
+    room = max(2 * (keep + int(extra)), 16)
+    t = np.zeros(room, np.int64)
+    link = np.zeros(room, np.int64)
+    cap = np.zeros(room)
+    t[:keep] = st.ev_time_ps[lo:hi]
+    link[:keep] = st.ev_link[lo:hi]
+    cap[:keep] = st.ev_capacity_bps[lo:hi]
+    c[C_CAP_PTR] = 0
+    c[C_N_CAPS] = keep
+    return st._replace(ev_time_ps=t, ev_link=link, ev_capacity_bps=cap)
+
+
+@njit
+def advance(st, until_ps, max_events, stop_on_finish=False):
     """Process events with time <= ``until_ps``, at most ``max_events`` of them.
 
+    With ``stop_on_finish``, a flow finishing at ``t`` lowers ``until_ps`` to ``t``: the call
+    returns (PAUSED) once every event at ``t`` has run, so that the caller can react (inject) at
+    that instant.
+
     Returns DONE (no events left and every flow finished), PAUSED (call again), GROW (the packet
-    pool is nearly full: call :func:`grow` and continue) or DEADLOCK (no events left but flows
-    unfinished, e.g. waiting for a link that never comes back).
+    pool is nearly full: call :func:`grow` and continue), DEADLOCK (no events left but flows
+    unfinished, e.g. waiting for a link that never comes back, or pending flows never injected)
+    or, in an open state (``clock[C_OPEN]``, see :func:`inject`), QUIET: only retransmission
+    timers of flows that cannot progress are left (:func:`quiescent`); the timeout due is not
+    processed, so that a later injection resumes the run exactly where it stood.
     """
     pk, lk, lcap, fi, ff, got = st.pk, st.lk, st.lcap, st.fi, st.ff, st.got
     route_links, ack_links = st.route_links, st.ack_links
@@ -710,6 +842,9 @@ def advance(st, until_ps, max_events):
     g = st.g[0]
     n_flows = fi.shape[0]
     reserve = 4 * params[K_BURST] + 16
+    is_open = clock[C_OPEN] != 0
+    # an open state never takes a flow for stuck: a capacity change may still come
+    caps_left_for_timer = -1 if is_open else clock[C_N_CAPS]
     handled = 0
     while True:
         t, kind, src = _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, fi, ev_time_ps, clock)
@@ -719,6 +854,7 @@ def advance(st, until_ps, max_events):
             return PAUSED
         if clock[C_N_FREE] < reserve:
             return GROW
+        prev_now = clock[C_NOW]
         clock[C_NOW] = t
         clock[C_EVENTS] += 1
         handled += 1
@@ -734,9 +870,12 @@ def advance(st, until_ps, max_events):
                 else:
                     side = 1 if _deliver_data(pk, lk, lcap, fi, got, tx, done_order, clock, params,
                                               ack_links, p, t) else -1
-                if side >= 0 and flow_trig[f, side] >= 0:
-                    _fire(trig_kind, trig_need, trig_ptr, trig_targets, trig_state, fire_buf, rd, clock,
-                          flow_trig[f, side], t)
+                if side >= 0:
+                    if side == 1 and stop_on_finish:
+                        until_ps = t
+                    if flow_trig[f, side] >= 0:
+                        _fire(trig_kind, trig_need, trig_ptr, trig_targets, trig_state, fire_buf, rd,
+                              clock, flow_trig[f, side], t)
             else:
                 links = ack_links if is_ack else route_links
                 _enqueue(pk, lk, lcap, fi, tx, clock, params, p, links[fi[f, F_ROUTE] + h], t)
@@ -747,10 +886,15 @@ def advance(st, until_ps, max_events):
             _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, t)
         elif kind == EV_TIMER:
             f = tm[0, 2]
+            if (is_open and fi[f, F_DEADLINE] <= t and fi[f, F_ACKED] < fi[f, F_NPKTS]
+                    and _quiescent(ar_hc, tm, fi, lcap, route_links, clock)):
+                clock[C_NOW] = prev_now  # the timeout stays due: nothing ran
+                clock[C_EVENTS] -= 1
+                return QUIET
             _heap_pop(tm, clock[C_TM_SIZE])
             clock[C_TM_SIZE] -= 1
             _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, ack_links,
-                      ev_time_ps.shape[0], f, t)
+                      caps_left_for_timer, f, t)
         elif kind == EV_SEND:
             h = clock[C_SD_HEAD]
             f = sd[h, 2]
@@ -770,6 +914,8 @@ def advance(st, until_ps, max_events):
                 fi[f, F_START] = t
             if _route_up(fi, lcap, route_links, f):
                 if _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params, route_links, f, t):
+                    if stop_on_finish:
+                        until_ps = t
                     _fire_both(trig_kind, trig_need, trig_ptr, trig_targets, trig_state, fire_buf, rd,
                                clock, flow_trig, f, t)
             else:
@@ -791,6 +937,8 @@ def advance(st, until_ps, max_events):
                     if _route_up(fi, lcap, route_links, f):
                         if _start_flow(pk, lk, lcap, fi, ff, tx, tm, sd, done_order, clock, params,
                                        route_links, f, t):
+                            if stop_on_finish:
+                                until_ps = t
                             _fire_both(trig_kind, trig_need, trig_ptr, trig_targets, trig_state,
                                        fire_buf, rd, clock, flow_trig, f, t)
                     else:

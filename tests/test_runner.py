@@ -32,6 +32,7 @@ def test_isolated_equals_exact_when_collectives_never_overlap():
     exact = run_iteration(g, fab, mode="exact")
     iso = run_iteration(g, fab, mode="isolated")
     assert np.all(np.abs(exact.finish_ps - iso.finish_ps) <= 10)
+    assert iso.stats["contended_collectives"] == 0  # the run proves its own exactness
     assert iso.stats["isolated_simulations"] < np.count_nonzero(g.kind == 1)  # memoized
 
 
@@ -119,3 +120,10 @@ def test_timeline_and_ocs_traces(tmp_path):
     ocs = pa.ipc.open_stream(paths[1]).read_all().to_pandas()
     assert len(ocs) > 0 and set(ocs.phase) >= {"ep_dispatch"}
     assert (ocs.end_ps - ocs.time_ps == 1_000_000_000).all() and (ocs.circuits > 0).all()
+
+
+def test_contention_is_reported_when_isolated_is_not_exact(pipeline_graph):
+    iso = run_iteration(pipeline_graph, fat_tree(32, 100), mode="isolated")
+    exact = run_iteration(pipeline_graph, fat_tree(32, 100), mode="exact")
+    assert iso.stats["contended_collectives"] > 0
+    assert iso.iteration_time_ps != exact.iteration_time_ps

@@ -295,103 +295,179 @@ def _eps_seconds(load, eps_bps):
     return load * 8.0 / eps_bps
 
 
-@njit
-def _first_eligible(s, order, pi, pj, need, state, budget):
-    """Position in ``order[s]`` of the first undecided pair at server ``s`` that can still get
-    circuits (both ends have ``need`` free ports); -1 when there is none."""
-    for k in range(order.shape[1]):
-        q = order[s, k]
-        if q < 0:
-            break
-        w = need[q]
-        if state[q] == _UNDECIDED and budget[pi[q]] >= w and budget[pj[q]] >= w:
-            return k
-    return -1
-
+# The search kernels share two tuples:
+#   prob  = (d, pi, pj, need, order_out, order_in)      the instance (read-only)
+#   state = (decided, budget, eo, ei, saved, trail)      the search state (mutated, undone)
+# d : float64[R, R] directional demand (bytes, zero diagonal); pi, pj : int64[P] candidate pairs
+# (pi < pj); need : int64[P] circuits a pair takes if wired (1..alpha); order_out / order_in :
+# int64[R, R] per server, the candidate pairs at it by outbound / inbound demand, largest first,
+# padded with -1. decided : int8[P] (_UNDECIDED / _CIRCUIT / _EPS); budget : int64[R] free ports;
+# eo, ei : float64[R] EPS bytes out / in of the pairs decided for the EPS (plus the fixed ones);
+# saved : float64[P, 4] eo[i], ei[i], eo[j], ei[j] before pair p went to the EPS; trail :
+# int64[P] pairs in the order they were decided (a prefix of length tlen).
 
 @njit
-def _eps_floor(s, order, inbound, d, pi, pj, need, state, budget, committed, scratch):
-    """A lower bound (bytes) on server ``s``'s final EPS load in one direction.
+def _partner(pi, pj, q, s):
+    return pj[q] if pi[q] == s else pi[q]
 
-    ``committed`` is the load of the pairs already decided for the EPS. Of the undecided pairs
-    at ``s``, those whose both ends still have ``need`` free ports may get circuits; the most
-    demand they can take off the EPS within ``budget[s]`` ports is a 0/1 knapsack (weights: the
-    needs, values: this direction's demand), solved exactly by dynamic programming over the
-    port count. The floor is ``committed`` plus every undecided pair's demand minus that
-    maximum: it ignores only that partners share their ports with other servers. With no
-    eligible pair left it is the exact final load. ``inbound`` selects the direction:
-    ``d[partner, s]`` if True, else ``d[s, partner]``; ``scratch`` : float64[>= alpha + 1].
+
+@njit
+def _cover(prob, state, s, inbound, skip, cap, table):
+    """``(undecided, best)`` at server ``s`` in one direction (``inbound``: ``d[u, s]``).
+
+    ``undecided`` is the demand (bytes) of the undecided pairs at ``s``; ``best`` the most of it
+    that circuits can carry within ``cap`` of ``s``'s ports: a 0/1 knapsack, solved exactly by
+    dynamic programming over the port count, over the undecided pairs whose partner still has
+    ``need`` free ports (weights: the needs; values: the demand), pair ``skip`` left out of the
+    knapsack (it still counts in ``undecided``). ``table`` : float64[>= alpha + 1] scratch.
     """
-    cap = budget[s]
-    best = scratch[:cap + 1]
+    d, pi, pj, need, order_out, order_in = prob
+    decided, budget = state[0], state[1]
+    order = order_in if inbound else order_out
+    best = table[:cap + 1]
     best[:] = 0.0
-    load = committed
+    undecided = 0.0
     for k in range(order.shape[1]):
         q = order[s, k]
         if q < 0:
             break
-        if state[q] != _UNDECIDED:
+        if decided[q] != _UNDECIDED:
             continue
-        u = pj[q] if pi[q] == s else pi[q]
+        u = _partner(pi, pj, q, s)
         v = d[u, s] if inbound else d[s, u]
-        load += v
+        undecided += v
         w = need[q]
-        if w <= cap and budget[u] >= w:
+        if q != skip and w <= cap and budget[u] >= w:
             for c in range(cap, w - 1, -1):
                 if best[c - w] + v > best[c]:
                     best[c] = best[c - w] + v
-    return load - best[cap]
+    return undecided, best[cap]
 
 
 @njit
-def _examine(d, pi, pj, need, state, budget, eo, ei, order_out, order_in, eps_bps, limit,
-             scratch):
-    """Floors of every server at a search node.
+def _assign(prob, state, q, kind, tlen):
+    """Decide pair ``q`` (``_CIRCUIT`` or ``_EPS``); returns the new trail length."""
+    d, pi, pj, need = prob[0], prob[1], prob[2], prob[3]
+    decided, budget, eo, ei, saved, trail = state
+    i, j = pi[q], pj[q]
+    if kind == _CIRCUIT:
+        budget[i] -= need[q]
+        budget[j] -= need[q]
+    else:
+        saved[q, 0], saved[q, 1], saved[q, 2], saved[q, 3] = eo[i], ei[i], eo[j], ei[j]
+        eo[i] += d[i, j]
+        ei[j] += d[i, j]
+        eo[j] += d[j, i]
+        ei[i] += d[j, i]
+    decided[q] = kind
+    trail[tlen] = q
+    return tlen + 1
 
-    Returns ``(ok, value, branch)``: ``ok`` is False when some server's floor exceeds ``limit``
-    (prune); ``value`` is the largest floor as an EPS term (seconds; exact when ``branch < 0``);
-    ``branch`` is the pair to branch on next: the largest eligible undecided pair, in the
-    direction of the larger floor, of the server with the largest floor among servers that have
-    one (most constrained first); -1 when no undecided pair can get circuits any more (a leaf:
-    the rest goes to the EPS).
+
+@njit
+def _undo(prob, state, mark, tlen):
+    """Undo the decisions on the trail back to length ``mark`` (exactly: loads are restored,
+    not subtracted); returns ``mark``."""
+    pi, pj, need = prob[1], prob[2], prob[3]
+    decided, budget, eo, ei, saved, trail = state
+    while tlen > mark:
+        tlen -= 1
+        q = trail[tlen]
+        i, j = pi[q], pj[q]
+        if decided[q] == _CIRCUIT:
+            budget[i] += need[q]
+            budget[j] += need[q]
+        else:
+            eo[i], ei[i], eo[j], ei[j] = saved[q, 0], saved[q, 1], saved[q, 2], saved[q, 3]
+        decided[q] = _UNDECIDED
+    return mark
+
+
+@njit
+def _settle(prob, state, tlen, eps_bps, limit, table):
+    """Tighten a search node to a fixpoint; returns ``(ok, value, branch, tlen)``.
+
+    For every server and direction, the *floor* ``committed + undecided - best``
+    (:func:`_cover`) is a lower bound on its final EPS load. ``ok`` is False when a floor
+    exceeds ``limit`` (no completion is acceptable). An undecided pair that can still get
+    circuits is *forced*: to circuits when leaving it on the EPS lifts a floor of one of its
+    servers over ``limit``, to the EPS when wiring it (its ports taken, its demand removed) does;
+    both at once also means ``ok = False``. Forcing repeats until nothing changes (decisions go
+    on the trail, so the caller can undo them). Forcing only removes options that no acceptable
+    completion has, so the search stays exact.
+
+    ``value`` is then the largest floor as an EPS term (seconds; the exact worst EPS term when
+    no pair can get circuits any more, a leaf: the rest goes to the EPS) and ``branch`` the pair
+    to branch on: the largest eligible pair, in the tighter direction, of the server with the
+    highest floor among those that have one (most constrained first); -1 at a leaf.
     """
-    value = 0.0
-    branch = -1
-    branch_floor = -1.0
-    for s in range(d.shape[0]):
-        pos_out = _first_eligible(s, order_out, pi, pj, need, state, budget)
-        out = _eps_floor(s, order_out, False, d, pi, pj, need, state, budget, eo[s], scratch)
-        inn = _eps_floor(s, order_in, True, d, pi, pj, need, state, budget, ei[s], scratch)
-        worst = max(_eps_seconds(out, eps_bps), _eps_seconds(inn, eps_bps))
-        if worst > limit:
-            return False, worst, -1
-        value = max(value, worst)
-        floor = max(out, inn)
-        if pos_out >= 0 and floor > branch_floor:
-            branch_floor = floor
-            if inn > out:
-                pos_in = _first_eligible(s, order_in, pi, pj, need, state, budget)
-                branch = order_in[s, pos_in]
-            else:
-                branch = order_out[s, pos_out]
-    return True, value, branch
+    d, pi, pj, need, order_out, order_in = prob
+    decided, budget, eo, ei = state[0], state[1], state[2], state[3]
+    r = d.shape[0]
+    while True:
+        changed = False
+        value = 0.0
+        top_server, top_inbound, top_floor = -1, False, -1.0
+        for s in range(r):
+            for direction in range(2):
+                inbound = direction == 1
+                committed = ei[s] if inbound else eo[s]
+                order = order_in if inbound else order_out
+                undecided, best = _cover(prob, state, s, inbound, -1, budget[s], table)
+                floor = committed + undecided - best
+                worst = _eps_seconds(floor, eps_bps)
+                if worst > limit:
+                    return False, worst, -1, tlen
+                value = max(value, worst)
+                eligible = False
+                for k in range(order.shape[1]):
+                    q = order[s, k]
+                    if q < 0:
+                        break
+                    u = _partner(pi, pj, q, s)
+                    w = need[q]
+                    if decided[q] != _UNDECIDED or budget[s] < w or budget[u] < w:
+                        continue
+                    eligible = True
+                    v = d[u, s] if inbound else d[s, u]
+                    if _eps_seconds(floor + v, eps_bps) <= limit:
+                        continue  # the floor rises by at most v either way: nothing forced
+                    _, rest = _cover(prob, state, s, inbound, q, budget[s], table)
+                    no_eps = _eps_seconds(committed + undecided - rest, eps_bps) > limit
+                    _, rest = _cover(prob, state, s, inbound, q, budget[s] - w, table)
+                    no_circuit = _eps_seconds(committed + undecided - v - rest, eps_bps) > limit
+                    if no_eps and no_circuit:
+                        return False, worst, -1, tlen
+                    if no_eps or no_circuit:
+                        tlen = _assign(prob, state, q, _CIRCUIT if no_eps else _EPS, tlen)
+                        changed = True
+                        break
+                if changed:
+                    break
+                if eligible and floor > top_floor:
+                    top_server, top_inbound, top_floor = s, inbound, floor
+        if not changed:
+            break
+    if top_server < 0:
+        return True, value, -1, tlen
+    order = order_in if top_inbound else order_out
+    for k in range(order.shape[1]):
+        q = order[top_server, k]
+        u = _partner(pi, pj, q, top_server)
+        if decided[q] == _UNDECIDED and budget[top_server] >= need[q] and budget[u] >= need[q]:
+            return True, value, q, tlen
+    return True, value, -1, tlen  # unreachable: top_server has an eligible pair
 
 
 @njit
-def _cover_search(d, pi, pj, need, order_out, order_in, eo0, ei0, alpha, eps_bps, limit, first):
+def _cover_search(d, pi, pj, need, order_out, order_in, eo0, ei0, alpha, eps_bps, limit, first,
+                  max_nodes):
     """Exact depth-first branch and bound: circuits or EPS for every candidate pair.
 
     Parameters
     ----------
-    d : float64[R, R]
-        Directional demand, bytes, zero diagonal.
-    pi, pj : int64[P]
-        Candidate pairs (``pi < pj``).
-    need : int64[P]
-        Circuits a candidate pair takes if it gets circuits (``1 .. alpha``).
-    order_out, order_in : int64[R, R]
-        Per server, the candidate pairs at it sorted by outbound / inbound demand, largest first,
-        padded with -1.
+    d, pi, pj, need, order_out, order_in
+        The instance (see the comment above :func:`_partner`).
     eo0, ei0 : float64[R]
         EPS loads (bytes, out / in) already fixed by the non-candidate pairs.
     alpha : int
@@ -400,79 +476,75 @@ def _cover_search(d, pi, pj, need, order_out, order_in, eo0, ei0, alpha, eps_bps
         Accept only configurations whose worst EPS term (seconds) is ``<= limit``.
     first : bool
         Return the first acceptable configuration (a feasibility test) instead of the best.
+    max_nodes : int
+        Give up after this many nodes (``nodes > max_nodes`` in the result).
 
     Returns ``(found, value, chosen, nodes)``: whether an acceptable configuration exists,
     its worst EPS term (seconds; the smallest possible one when ``first`` is False),
     ``chosen : bool[P]`` (the candidates that get circuits) and the number of search nodes.
 
-    Each node branches on one pair (chosen by :func:`_examine`): circuits first, then EPS. A
-    subtree is cut only when some server's floor (:func:`_eps_floor`, a valid lower bound on its
-    final EPS load) exceeds ``limit``, and leaves are exact, so no acceptable configuration is
-    missed. When ``first`` is False, ``limit`` drops just below each configuration found, so the
-    last one found is optimal.
+    Each node is settled (:func:`_settle`: prune or force), then branches on one pair: circuits
+    first, then EPS. Only options without an acceptable completion are cut and leaves are exact,
+    so nothing acceptable is missed. When ``first`` is False, ``limit`` drops just below each
+    configuration found, so the last one found is optimal.
     """
     r = d.shape[0]
     p_count = pi.shape[0]
+    decided = np.zeros(p_count, dtype=np.int8)
     budget = np.full(r, alpha, dtype=np.int64)
-    eo = eo0.copy()
-    ei = ei0.copy()
-    state = np.zeros(p_count, dtype=np.int8)
-    branch = np.full(p_count + 1, -1, dtype=np.int64)  # pair decided at each depth; -1: new node
+    state = (decided, budget, eo0.copy(), ei0.copy(), np.zeros((p_count, 4)),
+             np.zeros(p_count, dtype=np.int64))
+    prob = (d, pi, pj, need, order_out, order_in)
+    table = np.zeros(alpha + 1)
+    branch = np.full(p_count + 1, -1, dtype=np.int64)  # pair branched on at each depth; -1: new
     next_opt = np.zeros(p_count + 1, dtype=np.int8)   # 0: try circuits, 1: try EPS, 2: done
-    saved = np.zeros((p_count + 1, 4))  # eo[i], ei[i], eo[j], ei[j] before an EPS decision
+    mark = np.zeros(p_count + 1, dtype=np.int64)      # trail length on entering the node
+    base = np.zeros(p_count + 1, dtype=np.int64)      # trail length after settling it
     chosen = np.zeros(p_count, dtype=np.bool_)
-    scratch = np.zeros(alpha + 1)  # knapsack table of _eps_floor
     found = False
     best = np.inf
     nodes = 0
+    tlen = 0
     depth = 0
     while depth >= 0:
         q = branch[depth]
         if q < 0:  # a new node
             nodes += 1
-            ok, value, q = _examine(d, pi, pj, need, state, budget, eo, ei, order_out, order_in,
-                                    eps_bps, limit, scratch)
+            if nodes > max_nodes:
+                break
+            mark[depth] = tlen
+            ok, value, q, tlen = _settle(prob, state, tlen, eps_bps, limit, table)
             if ok and q < 0:  # leaf
                 found = True
                 best = value
                 for p in range(p_count):
-                    chosen[p] = state[p] == _CIRCUIT
+                    chosen[p] = decided[p] == _CIRCUIT
                 if first:
                     break
                 limit = np.nextafter(value, -np.inf)
             if q < 0:
+                tlen = _undo(prob, state, mark[depth], tlen)
                 depth -= 1
                 continue
             branch[depth] = q
             next_opt[depth] = 0
-        i, j, w = pi[q], pj[q], need[q]
-        if state[q] == _CIRCUIT:  # undo the option tried last at this node
-            budget[i] += w
-            budget[j] += w
-        elif state[q] == _EPS:
-            eo[i], ei[i], eo[j], ei[j] = saved[depth, 0], saved[depth, 1], saved[depth, 2], \
-                saved[depth, 3]
-        state[q] = _UNDECIDED
-        if next_opt[depth] == 0:  # circuits (the pair is eligible by construction)
-            budget[i] -= w
-            budget[j] -= w
-            state[q] = _CIRCUIT
-        elif next_opt[depth] == 1:
-            saved[depth, 0], saved[depth, 1], saved[depth, 2], saved[depth, 3] = \
-                eo[i], ei[i], eo[j], ei[j]
-            eo[i] += d[i, j]
-            ei[j] += d[i, j]
-            eo[j] += d[j, i]
-            ei[i] += d[j, i]
-            state[q] = _EPS
+            base[depth] = tlen
         else:
+            tlen = _undo(prob, state, base[depth], tlen)  # the option tried last
+        if next_opt[depth] == 2:
+            tlen = _undo(prob, state, mark[depth], tlen)
             branch[depth] = -1
             depth -= 1
             continue
+        tlen = _assign(prob, state, q, _CIRCUIT if next_opt[depth] == 0 else _EPS, tlen)
         next_opt[depth] += 1
         depth += 1
         branch[depth] = -1
     return found, best, chosen, nodes
+
+
+class _SearchAborted(Exception):
+    pass
 
 
 class _MinmaxProblem:
@@ -483,7 +555,8 @@ class _MinmaxProblem:
     pair ``p`` with ``c`` circuits, ``c = 1 .. alpha`` (seconds).
     """
 
-    def __init__(self, d: np.ndarray, alpha: int, link_bps: float, eps_bps: float):
+    def __init__(self, d: np.ndarray, alpha: int, link_bps: float, eps_bps: float,
+                 max_nodes: int = 2**62):
         self.d, self.alpha, self.eps_bps = d, alpha, eps_bps
         r = d.shape[0]
         iu, ju = np.triu_indices(r, k=1)
@@ -495,6 +568,7 @@ class _MinmaxProblem:
         counts = np.arange(1, alpha + 1, dtype=np.int64)
         self.terms = _circuit_term(self.m[:, None], counts[None, :], link_bps)  # float64[P, alpha]
         self.nodes = 0
+        self.max_nodes = max_nodes
 
     def candidates(self) -> np.ndarray:
         """Every value the circuit part of the bound can take, sorted ascending (float64)."""
@@ -523,7 +597,10 @@ class _MinmaxProblem:
         order_out = _pair_order(pi, pj, d, r, inbound=False)
         order_in = _pair_order(pi, pj, d, r, inbound=True)
         found, value, chosen, nodes = _cover_search(d, pi, pj, w, order_out, order_in, eo, ei,
-                                                    self.alpha, self.eps_bps, limit, first)
+                                                    self.alpha, self.eps_bps, limit, first,
+                                                    self.max_nodes)
+        if nodes > self.max_nodes:
+            raise _SearchAborted
         self.nodes += int(nodes)
         c = np.zeros((r, r), dtype=np.int64)
         c[pi[chosen], pj[chosen]] = w[chosen]
@@ -605,9 +682,9 @@ def allocate_minmax(demand_bytes, alpha, *, link_gbps=None, eps_gbps=None) -> np
     return c
 
 
-def _minmax(d: np.ndarray, alpha: int, link_bps: float, eps_bps: float):
+def _minmax(d: np.ndarray, alpha: int, link_bps: float, eps_bps: float, max_nodes=2**62):
     """``(C, nodes)``: the ``minmax`` configuration of validated inputs and the search nodes."""
-    prob = _MinmaxProblem(d, alpha, link_bps, eps_bps)
+    prob = _MinmaxProblem(d, alpha, link_bps, eps_bps, max_nodes)
     values = prob.candidates()
     lo, hi = 0, values.size  # smallest feasible index lies in [lo, hi]; hi = none feasible
     at_hi = None
