@@ -168,9 +168,8 @@ class _Isolated:
         rl = self.route_links[self.route_ptr[lo]:self.route_ptr[hi]]
         size = self.size[lo:hi]
         h = hashlib.blake2b(digest_size=16)
-        for a in (rp, rl, size):
+        for a in (rp, rl, size, capacity_bps[rl]):
             h.update(np.ascontiguousarray(a).tobytes())
-        h.update(capacity_bps[np.unique(rl)].tobytes())
         key = h.digest()
         if key not in self.memo:
             s = FlowSession(rp, rl, capacity_bps, size, tolerance=self.tolerance)
@@ -339,35 +338,37 @@ def _contended(ptr, route_ptr, route_links, start, finish, n_links) -> int:
 
 
 def _breakdown(graph, start, finish, held, iteration_ps):
-    """Per GPU: compute time, and idle time charged to the predecessor that finished last."""
+    """Per GPU: compute time, and idle time charged to the predecessor that finished last
+    (``int64[gpus, len(BREAKDOWN_KINDS)]``; vectorized over tasks)."""
     gpus = graph.placement.gpus
     out = np.zeros((gpus, len(BREAKDOWN_KINDS)), np.int64)
     compute = np.flatnonzero(graph.kind == COMPUTE)
-    g = graph.gpu[compute]
-    np.add.at(out[:, 0], g, graph.duration_ps[compute])
-    order = compute[np.lexsort((start[compute], g))]
-    last_end = np.zeros(gpus, np.int64)
-    ocs = BREAKDOWN_KINDS.index("ocs")
-    for task in order.tolist():
-        gpu = int(graph.gpu[task])
-        gap = int(start[task]) - int(last_end[gpu])
-        if gap > 0:
-            preds = graph.pred[graph.pred_ptr[task]:graph.pred_ptr[task + 1]]
-            gate = int(preds[np.argmax(finish[preds])]) if preds.size else -1
-            _charge(out[gpu], gate, gap, graph, held, ocs)
-        last_end[gpu] = finish[task]
-    tail_task = int(np.argmax(finish)) if finish.size else -1
-    for gpu in range(gpus):
-        gap = iteration_ps - int(last_end[gpu])
-        if gap > 0:
-            _charge(out[gpu], tail_task, gap, graph, held, ocs)
+    np.add.at(out[:, 0], graph.gpu[compute], graph.duration_ps[compute])
+    order = compute[np.lexsort((start[compute], graph.gpu[compute]))]
+    og = graph.gpu[order]
+    first = np.r_[True, og[1:] != og[:-1]]
+    last = np.r_[og[1:] != og[:-1], True]
+    gap = start[order] - np.where(first, 0, np.r_[0, finish[order][:-1]])
+    # the predecessor that finished last, per task: the last edge after sorting by finish
+    n_pred = np.diff(graph.pred_ptr)
+    edge_task = np.repeat(np.arange(graph.n_tasks), n_pred)
+    by = np.lexsort((finish[graph.pred], edge_task))
+    gate = np.full(graph.n_tasks, -1, np.int64)
+    has = n_pred > 0
+    gate[has] = graph.pred[by][graph.pred_ptr[1:][has] - 1]
+    # after its last computation a GPU waits for the task that ends the iteration
+    tail_gate = int(np.argmax(finish)) if finish.size else -1
+    rows = np.r_[og, og[last]]
+    gaps = np.r_[gap, iteration_ps - finish[order][last]]
+    gates = np.r_[gate[order], np.full(int(last.sum()), tail_gate)]
+    keep = gaps > 0
+    rows, gaps, gates = rows[keep], gaps[keep], gates[keep]
+    safe = np.maximum(gates, 0)
+    is_comm = (gates >= 0) & (graph.kind[safe] != COMPUTE)
+    stall = np.where(is_comm, np.minimum(gaps, held[safe]), 0)
+    kind = np.where(is_comm, _KIND_OF_OP[graph.op[safe]], BREAKDOWN_KINDS.index("wait"))
+    np.add.at(out, (rows, kind), gaps - stall)
+    np.add.at(out[:, BREAKDOWN_KINDS.index("ocs")], rows, stall)
+    idle = np.setdiff1d(np.arange(gpus), og)  # GPUs without computation idle throughout
+    out[idle, BREAKDOWN_KINDS.index("wait")] += iteration_ps
     return out
-
-
-def _charge(row, gate, gap, graph, held, ocs):
-    if gate < 0 or graph.kind[gate] == COMPUTE:
-        row[BREAKDOWN_KINDS.index("wait")] += gap
-        return
-    stall = min(gap, int(held[gate]))
-    row[ocs] += stall
-    row[_KIND_OF_OP[graph.op[gate]]] += gap - stall

@@ -312,7 +312,24 @@ def _partner(pi, pj, q, s):
 
 
 @njit
-def _cover(prob, state, s, inbound, skip, cap, table):
+def _value(d, s, u, mode):
+    """Demand of pair (s, u) seen from server ``s``: out (mode 0), in (1) or both (2)."""
+    if mode == 0:
+        return d[s, u]
+    if mode == 1:
+        return d[u, s]
+    return d[s, u] + d[u, s]
+
+
+@njit
+def _floor_seconds(floor, mode, eps_bps):
+    """EPS term (seconds) of a floor; the both-directions floor (mode 2) bounds out + in, whose
+    half cannot exceed the larger direction."""
+    return _eps_seconds(floor * 0.5 if mode == 2 else floor, eps_bps)
+
+
+@njit
+def _cover(prob, state, s, mode, skip, cap, table):
     """``(undecided, best)`` at server ``s`` in one direction (``inbound``: ``d[u, s]``).
 
     ``undecided`` is the demand (bytes) of the undecided pairs at ``s``; ``best`` the most of it
@@ -323,7 +340,7 @@ def _cover(prob, state, s, inbound, skip, cap, table):
     """
     d, pi, pj, need, order_out, order_in = prob
     decided, budget = state[0], state[1]
-    order = order_in if inbound else order_out
+    order = order_in if mode == 1 else order_out
     best = table[:cap + 1]
     best[:] = 0.0
     undecided = 0.0
@@ -334,7 +351,7 @@ def _cover(prob, state, s, inbound, skip, cap, table):
         if decided[q] != _UNDECIDED:
             continue
         u = _partner(pi, pj, q, s)
-        v = d[u, s] if inbound else d[s, u]
+        v = _value(d, s, u, mode)
         undecided += v
         w = need[q]
         if q != skip and w <= cap and budget[u] >= w:
@@ -407,18 +424,24 @@ def _settle(prob, state, tlen, eps_bps, limit, table):
     while True:
         changed = False
         value = 0.0
-        top_server, top_inbound, top_floor = -1, False, -1.0
+        top_server, top_mode, top_floor = -1, 0, -1.0
+        ports_min, ports_max = 0, 0
         for s in range(r):
-            for direction in range(2):
-                inbound = direction == 1
-                committed = ei[s] if inbound else eo[s]
-                order = order_in if inbound else order_out
-                undecided, best = _cover(prob, state, s, inbound, -1, budget[s], table)
+            uses_min, uses_max = 0, 0
+            for mode in range(3):
+                committed = eo[s] if mode == 0 else ei[s] if mode == 1 else eo[s] + ei[s]
+                undecided, best = _cover(prob, state, s, mode, -1, budget[s], table)
                 floor = committed + undecided - best
-                worst = _eps_seconds(floor, eps_bps)
+                worst = _floor_seconds(floor, mode, eps_bps)
                 if worst > limit:
                     return False, worst, -1, tlen
-                value = max(value, worst)
+                if mode < 2:
+                    value = max(value, worst)
+                c = 0  # fewest ports with which s keeps this floor within the limit
+                while _floor_seconds(committed + undecided - table[c], mode, eps_bps) > limit:
+                    c += 1
+                uses_min = max(uses_min, c)
+                order = order_in if mode == 1 else order_out
                 eligible = False
                 for k in range(order.shape[1]):
                     q = order[s, k]
@@ -429,13 +452,16 @@ def _settle(prob, state, tlen, eps_bps, limit, table):
                     if decided[q] != _UNDECIDED or budget[s] < w or budget[u] < w:
                         continue
                     eligible = True
-                    v = d[u, s] if inbound else d[s, u]
-                    if _eps_seconds(floor + v, eps_bps) <= limit:
+                    if mode == 0:
+                        uses_max += w
+                    v = _value(d, s, u, mode)
+                    if _floor_seconds(floor + v, mode, eps_bps) <= limit:
                         continue  # the floor rises by at most v either way: nothing forced
-                    _, rest = _cover(prob, state, s, inbound, q, budget[s], table)
-                    no_eps = _eps_seconds(committed + undecided - rest, eps_bps) > limit
-                    _, rest = _cover(prob, state, s, inbound, q, budget[s] - w, table)
-                    no_circuit = _eps_seconds(committed + undecided - v - rest, eps_bps) > limit
+                    _, rest = _cover(prob, state, s, mode, q, budget[s], table)
+                    no_eps = _floor_seconds(committed + undecided - rest, mode, eps_bps) > limit
+                    _, rest = _cover(prob, state, s, mode, q, budget[s] - w, table)
+                    no_circuit = _floor_seconds(committed + undecided - v - rest, mode,
+                                                eps_bps) > limit
                     if no_eps and no_circuit:
                         return False, worst, -1, tlen
                     if no_eps or no_circuit:
@@ -444,13 +470,19 @@ def _settle(prob, state, tlen, eps_bps, limit, table):
                         break
                 if changed:
                     break
-                if eligible and floor > top_floor:
-                    top_server, top_inbound, top_floor = s, inbound, floor
+                if eligible and mode < 2 and floor > top_floor:
+                    top_server, top_mode, top_floor = s, mode, floor
+            if changed:
+                break
+            ports_min += uses_min
+            ports_max += min(uses_max, budget[s])
         if not changed:
             break
+    if ports_min == ports_max and ports_min % 2 == 1:
+        return False, value, -1, tlen  # every circuit takes a port at both ends: an even total
     if top_server < 0:
         return True, value, -1, tlen
-    order = order_in if top_inbound else order_out
+    order = order_in if top_mode == 1 else order_out
     for k in range(order.shape[1]):
         q = order[top_server, k]
         u = _partner(pi, pj, q, top_server)
