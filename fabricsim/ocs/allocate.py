@@ -35,14 +35,16 @@ those bytes), and the objective of ``minmax``.
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
 from fabricsim._jit import njit
 from fabricsim.errors import ConfigError
 
-__all__ = ["VARIANTS", "DEFAULT_LINK_GBPS", "allocate_circuits", "completion_bound",
-           "symmetric_demand", "allocate_paper", "allocate_reference", "allocate_minmax"]
+__all__ = ["VARIANTS", "DEFAULT_LINK_GBPS", "DEFAULT_MAX_NODES", "MinmaxResult",
+           "allocate_circuits", "completion_bound", "symmetric_demand", "allocate_paper",
+           "allocate_reference", "allocate_minmax", "minmax_allocation"]
 
 #: The allocation variants, in the order the docs describe them.
 VARIANTS = ("paper", "reference", "minmax")
@@ -575,32 +577,51 @@ def _cover_search(d, pi, pj, need, order_out, order_in, eo0, ei0, alpha, eps_bps
     return found, best, chosen, nodes
 
 
-class _SearchAborted(Exception):
-    pass
+class MinmaxResult(NamedTuple):
+    """What :func:`minmax_allocation` found.
+
+    ``circuits`` : int64[R, R], the configuration (as :func:`allocate_circuits` returns it);
+    ``bound_s`` : its completion bound ``B(C)``, seconds; ``lower_bound_s`` : a certified lower
+    bound on the optimum (seconds; the optimum is ``>= lower_bound_s``, and ``== bound_s`` when
+    ``exact``); ``exact`` : True when the search finished within its node budget, so that
+    ``bound_s`` is the optimum; ``nodes`` : search nodes visited.
+    """
+
+    circuits: np.ndarray
+    bound_s: float
+    lower_bound_s: float
+    exact: bool
+    nodes: int
+
+
+#: Default node budget of one ``minmax`` allocation (all its searches together). Deterministic:
+#: the result depends on the budget, never on the clock. On the benchmark machine a node costs
+#: 5-50 us (R = 4 .. 16), so the budget caps a call at about a second; realistic MoE loads need
+#: a few hundred nodes (``benchmarks/bench_ocs.py``).
+DEFAULT_MAX_NODES = 20_000
+
+_FOUND, _NONE, _ABORTED = 0, 1, 2
 
 
 class _MinmaxProblem:
-    """The pairs of one ``minmax`` instance and the search over circuit needs.
+    """The pairs of one ``minmax`` instance and the searches over circuit needs.
 
-    ``m[p] = max(D_ij, D_ji)`` for the pairs ``p = (i, j), i < j`` with any demand, in branching
-    order (largest ``m`` first, ties by ``(i, j)``); ``terms[p, c - 1]`` is the circuit term of
-    pair ``p`` with ``c`` circuits, ``c = 1 .. alpha`` (seconds).
+    ``m[p] = max(D_ij, D_ji)`` for the pairs ``p = (i, j), i < j`` with any demand (``pi``,
+    ``pj``: int64[P]); ``terms[p, c - 1]`` is the circuit term of pair ``p`` with ``c``
+    circuits, ``c = 1 .. alpha`` (seconds, float64[P, alpha]).
     """
 
     def __init__(self, d: np.ndarray, alpha: int, link_bps: float, eps_bps: float,
-                 max_nodes: int = 2**62):
+                 max_nodes: int):
         self.d, self.alpha, self.eps_bps = d, alpha, eps_bps
-        r = d.shape[0]
-        iu, ju = np.triu_indices(r, k=1)
+        iu, ju = np.triu_indices(d.shape[0], k=1)
         m = np.maximum(d[iu, ju], d[ju, iu])
         keep = m > 0
-        iu, ju, m = iu[keep], ju[keep], m[keep]
-        order = np.lexsort((ju, iu, -m))  # m descending, then (i, j)
-        self.pi, self.pj, self.m = iu[order].astype(np.int64), ju[order].astype(np.int64), m[order]
+        self.pi, self.pj, self.m = iu[keep].astype(np.int64), ju[keep].astype(np.int64), m[keep]
         counts = np.arange(1, alpha + 1, dtype=np.int64)
-        self.terms = _circuit_term(self.m[:, None], counts[None, :], link_bps)  # float64[P, alpha]
+        self.terms = _circuit_term(self.m[:, None], counts[None, :], link_bps)
+        self.nodes_left = max_nodes
         self.nodes = 0
-        self.max_nodes = max_nodes
 
     def candidates(self) -> np.ndarray:
         """Every value the circuit part of the bound can take, sorted ascending (float64)."""
@@ -608,40 +629,50 @@ class _MinmaxProblem:
 
     def needs(self, t: float) -> np.ndarray:
         """int64[P]: circuits each pair needs for a circuit term ``<= t``; ``alpha + 1`` when even
-        ``alpha`` circuits are not enough. (``terms`` decreases along a row.)"""
+        ``alpha`` circuits are not enough (``terms`` decreases along a row)."""
         return 1 + (self.terms > t).sum(axis=1).astype(np.int64)
 
-    def search(self, need: np.ndarray, limit: float, first: bool):
-        """Run :func:`_cover_search` for these needs; pairs needing ``> alpha`` go to the EPS.
+    def no_circuits(self) -> np.ndarray:
+        return np.full(self.m.size, self.alpha + 1, dtype=np.int64)
 
-        Returns ``(found, eps_value, circuits int64[R, R])``.
+    def search(self, need: np.ndarray, limit: float, first: bool):
+        """Run :func:`_cover_search` for these needs (pairs needing ``> alpha`` go to the EPS).
+
+        Returns ``(status, circuits)``: ``_FOUND`` with the configuration (the first acceptable
+        one if ``first``, else the best), ``_NONE`` (proven: none has a worst EPS term
+        ``<= limit``), or ``_ABORTED`` (node budget spent; ``circuits`` is the best found, or
+        None).
         """
         d, r = self.d, self.d.shape[0]
-        cand = need <= self.alpha
-        pi, pj, w = self.pi[cand], self.pj[cand], need[cand]
-        eo = np.zeros(r)
-        ei = np.zeros(r)
-        for i, j in zip(self.pi[~cand], self.pj[~cand]):  # fixed on the EPS, branching order
+        wired = need <= self.alpha
+        pi, pj, w = self.pi[wired], self.pj[wired], need[wired]
+        eo, ei = np.zeros(r), np.zeros(r)
+        for i, j in zip(self.pi[~wired], self.pj[~wired]):
             eo[i] += d[i, j]
             ei[j] += d[i, j]
             eo[j] += d[j, i]
             ei[i] += d[j, i]
-        order_out = _pair_order(pi, pj, d, r, inbound=False)
-        order_in = _pair_order(pi, pj, d, r, inbound=True)
-        found, value, chosen, nodes = _cover_search(d, pi, pj, w, order_out, order_in, eo, ei,
-                                                    self.alpha, self.eps_bps, limit, first,
-                                                    self.max_nodes)
-        if nodes > self.max_nodes:
-            raise _SearchAborted
-        self.nodes += int(nodes)
-        c = np.zeros((r, r), dtype=np.int64)
-        c[pi[chosen], pj[chosen]] = w[chosen]
-        return found, value, c + c.T
+        order_out = _pair_order(pi, pj, d, inbound=False)
+        order_in = _pair_order(pi, pj, d, inbound=True)
+        found, _, chosen, nodes = _cover_search(d, pi, pj, w, order_out, order_in, eo, ei,
+                                                self.alpha, self.eps_bps, limit, first,
+                                                self.nodes_left)
+        aborted = int(nodes) > self.nodes_left
+        nodes = min(int(nodes), self.nodes_left)
+        self.nodes += nodes
+        self.nodes_left -= nodes
+        c = None
+        if found:
+            c = np.zeros((r, r), dtype=np.int64)
+            c[pi[chosen], pj[chosen]] = w[chosen]
+            c += c.T
+        return (_ABORTED if aborted else _FOUND if found else _NONE), c
 
 
-def _pair_order(pi, pj, d, r, *, inbound) -> np.ndarray:
+def _pair_order(pi, pj, d, *, inbound) -> np.ndarray:
     """int64[R, R]: per server, candidate pair indices by that direction's demand, largest first
     (ties by pair index), padded with -1."""
+    r = d.shape[0]
     order = np.full((r, r), -1, dtype=np.int64)
     for s in range(r):
         at = np.flatnonzero((pi == s) | (pj == s))
@@ -652,56 +683,8 @@ def _pair_order(pi, pj, d, r, *, inbound) -> np.ndarray:
     return order
 
 
-def allocate_minmax(demand_bytes, alpha, *, link_gbps=None, eps_gbps=None) -> np.ndarray:
-    """The configuration with the smallest completion bound ``B(C)`` (exact). int64[R, R].
-
-    ``link_gbps`` defaults to :data:`DEFAULT_LINK_GBPS`, ``eps_gbps`` to
-    ``(8 - alpha) * link_gbps`` (required when ``alpha > 8``).
-
-    **Algorithm.** Write ``m_p = max(D_ij, D_ji)`` for a server pair ``p = (i, j)``; only pairs
-    with ``m_p > 0`` are ever wired. For a target ``t`` (seconds), pair ``p`` may get circuits
-    only if it gets at least ``need_p(t) = min{c : 8 m_p / (c link_bps) <= t}`` of them (if that
-    is ``> alpha`` it must use the EPS); extra circuits never raise ``B``. So ``B(C) <= t`` is
-    possible iff some set ``S`` of pairs, each given ``need_p(t)`` circuits, uses ``<= alpha``
-    ports per server and leaves every server an EPS load (each direction) within ``t``:
-    ``feasible(t)``. ``feasible`` is monotone in ``t`` (needs only shrink, EPS allowances only
-    grow). The circuit part of ``B`` takes one of the finite values ``V = {8 m_p / (c link_bps)
-    : p, c = 1..alpha}`` (sorted ``V_0 < V_1 < ...``) and ``need(t)`` is constant on each
-    ``[V_{k-1}, V_k)``:
-
-    1. binary search for the smallest ``k`` with ``feasible(V_k)`` (``k = len(V)`` if none);
-    2. then ``B* > V_{k-1}`` and ``B* <= V_k``; inside ``(V_{k-1}, V_k)`` the needs are
-       ``need(V_{k-1})`` (no circuits at all when ``k = 0``), the circuit part is
-       ``<= V_{k-1}``, so ``B*`` there is the smallest achievable worst EPS term under those
-       needs, if it is below ``V_k``. One minimizing search settles it; otherwise ``B* = V_k``
-       with the configuration found in step 1.
-
-    Both steps use :func:`_cover_search`, a depth-first branch and bound over the pairs (largest
-    first; circuits before EPS) that tries *every* assignment except subtrees in which some
-    server's EPS load provably exceeds the target: the floor adds to the load already on the
-    EPS every undecided pair except the largest ``budget // min need`` that could still get
-    circuits. As only provably infeasible subtrees are cut and every leaf is checked exactly,
-    ``feasible`` is exact and the minimizing search returns the optimum: ``B(C) = B*``. The
-    values compared are the very floating-point expressions :func:`completion_bound` evaluates;
-    for integer byte counts (sums exact below 2**53) the result is the exact optimum, for
-    fractional ones up to the rounding of the EPS sums.
-
-    **Cost.** ``log2(P alpha) + 2`` searches. The search is exponential in the worst case (the
-    problem is a knapsack-like covering with degree limits) but the floors prune hard at region
-    sizes that matter: see ``benchmarks/bench_ocs.py`` for measured times (R = 8, alpha = 6:
-    about a millisecond; R = 16: tens of milliseconds).
-
-    **Leftover ports.** The optimum usually leaves ports free. They are then given out one
-    circuit at a time, deterministically, without raising ``B``: among pairs with demand whose
-    both servers have a free port (and, for a pair still on the EPS, whose one-circuit term
-    ``8 m_p / link_bps`` is ``<= B*``), add a circuit to the pair with the longest *pair time* —
-    ``8 m_p / (C_p link_bps)`` for a wired pair, the worst EPS term of its two servers for an EPS
-    pair — ties to the lowest ``(i, j)``. Adding a circuit to a wired pair shortens its term;
-    moving a pair off the EPS lowers its servers' EPS loads and adds a term ``<= B*``; so ``B``
-    stays ``B*`` while the secondary terms shrink. Pairs without demand never get circuits.
-    """
-    d = _demand(demand_bytes)
-    alpha = _alpha(alpha)
+def _minmax_options(alpha, link_gbps, eps_gbps):
+    """Validated ``(link_bps, eps_bps)`` of ``minmax`` (defaults in :func:`allocate_minmax`)."""
     link_gbps = DEFAULT_LINK_GBPS if link_gbps is None else _gbps(link_gbps, "link_gbps",
                                                                    positive=True)
     if eps_gbps is None:
@@ -710,31 +693,132 @@ def allocate_minmax(demand_bytes, alpha, *, link_gbps=None, eps_gbps=None) -> np
                                           f"(the default is (8 - alpha) * link_gbps); alpha={alpha}")
         eps_gbps = (NICS_PER_SERVER - alpha) * link_gbps
     eps_gbps = _gbps(eps_gbps, "eps_gbps", positive=False)
-    c, _ = _minmax(d, alpha, link_gbps * 1e9, eps_gbps * 1e9)
-    return c
+    return link_gbps * 1e9, eps_gbps * 1e9
 
 
-def _minmax(d: np.ndarray, alpha: int, link_bps: float, eps_bps: float, max_nodes=2**62):
-    """``(C, nodes)``: the ``minmax`` configuration of validated inputs and the search nodes."""
-    prob = _MinmaxProblem(d, alpha, link_bps, eps_bps, max_nodes)
+def allocate_minmax(demand_bytes, alpha, *, link_gbps=None, eps_gbps=None) -> np.ndarray:
+    """The configuration with the smallest completion bound ``B(C)``. int64[R, R].
+
+    ``link_gbps`` defaults to :data:`DEFAULT_LINK_GBPS`, ``eps_gbps`` to
+    ``(8 - alpha) * link_gbps`` (required when ``alpha > 8``). Exact unless the search exceeds
+    :data:`DEFAULT_MAX_NODES`; :func:`minmax_allocation` says which, and how close it got.
+
+    **Algorithm.** Write ``m_p = max(D_ij, D_ji)`` for a server pair ``p = (i, j)``; only pairs
+    with ``m_p > 0`` are ever wired. For a target ``t`` (seconds), pair ``p`` may get circuits
+    only if it gets at least ``need_p(t) = min{c : 8 m_p / (c link_bps) <= t}`` of them (if that
+    is ``> alpha`` it must use the EPS); extra circuits never raise ``B``. So ``B(C) <= t`` is
+    possible iff some set ``S`` of pairs, each given ``need_p(t)`` circuits, uses ``<= alpha``
+    ports per server and leaves every server an EPS load (each direction) within ``t``:
+    ``feasible(t)``, monotone in ``t`` (needs only shrink, EPS allowances only grow). The
+    circuit part of ``B`` is one of the finite values ``V = {8 m_p / (c link_bps) : p,
+    c = 1..alpha}`` (sorted ``V_0 < V_1 < ...``), and ``need(t)`` is constant on each
+    ``[V_{k-1}, V_k)``:
+
+    1. binary search for the smallest ``k`` with ``feasible(V_k)``;
+    2. then ``V_{k-1} < B* <= V_k``; inside ``(V_{k-1}, V_k)`` the needs are ``need(V_{k-1})``
+       (no circuits at all for ``k = 0``) and the circuit part is ``<= V_{k-1}``, so ``B*`` is
+       the smallest achievable worst EPS term under those needs if that is below ``V_k``, else
+       ``V_k``. One minimizing search settles it.
+
+    The better of the ``paper`` and ``reference`` configurations is the starting incumbent
+    (candidates at or above its bound need no search), so ``minmax`` is never worse than them.
+
+    **The search** (:func:`_cover_search`, Numba) is a depth-first branch and bound over "this
+    pair gets its circuits, or uses the EPS". At every node (:func:`_settle`) each server gets a
+    *floor*, a lower bound on its final EPS load: the load already on the EPS plus the undecided
+    demand minus the most of it that circuits could still take within the server's free ports
+    (an exact 0/1 knapsack over the pairs whose partner still has ports), for outbound, inbound
+    and both directions together (``(out + in) / 2 <= max(out, in)``). A node is cut when a floor
+    exceeds the target; a pair is *forced* to circuits (to the EPS) when leaving it off (wiring
+    it) would lift a floor over the target; and a node is cut when every server's port use is
+    pinned (``min == max``) to an odd total, since a circuit takes a port at both ends. Each of
+    these removes only options that no acceptable completion has, and leaves are checked
+    exactly, so ``feasible`` is decided exactly and the minimizing search (which lowers its
+    target below each configuration it finds) ends at the optimum. The search branches on the
+    largest open pair of the server with the highest floor.
+
+    Comparisons use the very floating-point expressions :func:`completion_bound` evaluates; with
+    integer byte counts (exact sums below 2**53) the optimum is exact, with fractional ones up
+    to the rounding of the EPS sums.
+
+    **Cost.** ``log2(P alpha) + 2`` searches at most. The problem is NP-hard (a knapsack per
+    server under shared degree limits) and the search exponential in the worst case, but the
+    floors and forcing settle realistic loads in a handful of nodes per search: R = 8 in about
+    2 ms, R = 16 in about 10 ms (``benchmarks/bench_ocs.py``). Near-uniform demand on an odd
+    number of servers with odd ``alpha`` is the known hard case (ties everywhere); it can exhaust
+    :data:`DEFAULT_MAX_NODES`, and then the best configuration found is returned with a certified
+    gap (:func:`minmax_allocation`).
+
+    **Leftover ports.** The optimum usually leaves ports free. They are given out one circuit at
+    a time, deterministically, without raising ``B``: among pairs with demand whose both servers
+    have a free port (and, for a pair still on the EPS, whose one-circuit term
+    ``8 m_p / link_bps`` is ``<= B``), add a circuit to the pair with the longest *pair time* —
+    ``8 m_p / (C_p link_bps)`` for a wired pair, the worst EPS term of its two servers for an EPS
+    pair — ties to the lowest ``(i, j)``. A circuit added to a wired pair shortens its term;
+    moving a pair off the EPS lowers its servers' EPS loads and adds a term ``<= B``; so ``B``
+    stays the same while the secondary terms shrink. Pairs without demand never get circuits.
+    """
+    return minmax_allocation(demand_bytes, alpha, link_gbps=link_gbps, eps_gbps=eps_gbps).circuits
+
+
+def minmax_allocation(demand_bytes, alpha, *, link_gbps=None, eps_gbps=None,
+                      max_nodes=DEFAULT_MAX_NODES) -> MinmaxResult:
+    """:func:`allocate_minmax` with its certificate (:class:`MinmaxResult`).
+
+    ``max_nodes`` (int >= 1) is the node budget of all the searches together. When it runs out
+    the result is the best configuration found (never worse than ``paper`` or ``reference``),
+    ``exact`` is False and ``lower_bound_s`` is the largest target the searches proved
+    unreachable (the optimum lies above it), so ``bound_s / lower_bound_s`` bounds the gap.
+    """
+    d = _demand(demand_bytes)
+    alpha = _alpha(alpha)
+    link_bps, eps_bps = _minmax_options(alpha, link_gbps, eps_gbps)
+    if isinstance(max_nodes, bool) or not isinstance(max_nodes, numbers.Integral) \
+            or max_nodes < 1:
+        raise ConfigError("max_nodes", f"must be an integer >= 1, got {max_nodes!r}")
+    prob = _MinmaxProblem(d, alpha, link_bps, eps_bps, int(max_nodes))
     values = prob.candidates()
-    lo, hi = 0, values.size  # smallest feasible index lies in [lo, hi]; hi = none feasible
-    at_hi = None
+    best, ub = None, np.inf
+    for c in (allocate_reference(d, alpha), allocate_paper(d, alpha)):  # the incumbent
+        b = _bound(d, c, link_bps, eps_bps)
+        if b < ub:
+            best, ub = c, b
+    exact = True
+    proven_below = -np.inf  # the optimum is > this target (proven infeasible)
+
+    def consider(c):
+        nonlocal best, ub
+        b = _bound(d, c, link_bps, eps_bps)
+        if b < ub:
+            best, ub = c, b
+
+    # 1. smallest feasible candidate; those >= the incumbent's bound are feasible already
+    lo, hi = 0, int(np.searchsorted(values, ub, side="left"))
     while lo < hi:
         mid = (lo + hi) // 2
-        found, _, c = prob.search(prob.needs(values[mid]), values[mid], first=True)
-        if found:
-            hi, at_hi = mid, c
+        status, c = prob.search(prob.needs(values[mid]), values[mid], first=True)
+        if status == _FOUND:
+            consider(c)
+            hi = mid
         else:
-            lo = mid + 1
-    k = hi
-    need = prob.needs(values[k - 1]) if k > 0 else np.full(prob.m.size, alpha + 1, np.int64)
-    limit = np.nextafter(values[k], -np.inf) if k < values.size else np.inf
-    found, _, c = prob.search(need, limit, first=False)
-    if not found:
-        c = at_hi  # B* = values[k]
-    c = _spend_leftover_ports(d, c, alpha, link_bps, eps_bps)
-    return c, prob.nodes
+            if status == _NONE:
+                proven_below = max(proven_below, values[mid])
+            exact &= status == _NONE
+            lo = mid + 1  # an aborted search counts as infeasible: the answer may be higher
+    # 2. the open interval below values[hi] (or below the incumbent)
+    need = prob.needs(values[hi - 1]) if hi > 0 else prob.no_circuits()
+    top = min(values[hi], ub) if hi < values.size else ub
+    status, c = prob.search(need, np.nextafter(top, -np.inf), first=False)
+    if c is not None:
+        consider(c)
+    if status == _ABORTED:
+        exact = False
+    elif exact:
+        proven_below = ub  # the optimum is ub itself
+    c = _spend_leftover_ports(d, best, alpha, link_bps, eps_bps)
+    bound = _bound(d, c, link_bps, eps_bps)
+    lower = bound if exact else max(proven_below, 0.0)
+    return MinmaxResult(c, bound, lower, exact, prob.nodes)
 
 
 def _spend_leftover_ports(d, c, alpha, link_bps, eps_bps) -> np.ndarray:
@@ -754,8 +838,7 @@ def _spend_leftover_ports(d, c, alpha, link_bps, eps_bps) -> np.ndarray:
         worst = np.maximum(_eps_term(eps.sum(axis=1), eps_bps), _eps_term(eps.sum(axis=0), eps_bps))
         eps_pair = np.maximum(worst[:, None], worst[None, :])
         wired = _circuit_term(m, np.maximum(c, 1), link_bps)
-        time = np.where(c > 0, wired, eps_pair)
-        time = np.where(eligible, time, -1.0)
+        time = np.where(eligible, np.where(c > 0, wired, eps_pair), -1.0)
         i, j = divmod(int(np.argmax(time)), r)
         c[i, j] += 1
         c[j, i] += 1
