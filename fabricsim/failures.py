@@ -111,6 +111,8 @@ def apply_failures(fabric, failures):
     rt = fabric.routing
     require(isinstance(rt, MixNetRouting), "failures",
             "NIC and server failures are modelled on MixNet fabrics (its relay and backup rules)")
+    require(rt.nic_up is None, "failures", "NIC and server failures are modelled with the "
+            "server-level EPS (mixnet(..., eps='server'))")
     servers = rt.ocs_link.shape[0]
     cap = fabric.links.capacity_bps.copy()
     eps_ok = rt.eps_ok.copy()

@@ -31,9 +31,10 @@ import numpy as np
 
 from fabricsim.engine import CapacityEvents
 from fabricsim.errors import ConfigError, require
-from fabricsim.fabric import (LINK_DELAY_DEFAULT_PS, LINK_NVLINK, LINK_OCS, NODE_GPU, NODE_OCS,
-                              NODE_SWITCH, PATH_KINDS, TIER_HOST, TIER_NVSWITCH, ClosRouting, Fabric,
-                              Routes, _Builder, _check_common, _check_int, fat_tree)
+from fabricsim.fabric import (LINK_DELAY_DEFAULT_PS, LINK_EPS, LINK_NVLINK, LINK_OCS, NODE_GPU,
+                              NODE_OCS, NODE_SERVER, NODE_SWITCH, PATH_KINDS, TIER_HOST,
+                              TIER_NVSWITCH, ClosRouting, Fabric, Routes, _Builder, _check_common,
+                              _check_int, fat_tree)
 
 __all__ = ["mixnet", "MixNetRouting", "random_circuits", "check_circuits",
            "reconfiguration_events", "HOLD_MODES"]
@@ -66,6 +67,8 @@ class MixNetRouting:
     link_bps: float
     eps_ok: np.ndarray = None  # bool[S]: the server still has an EPS NIC (failures)
     ocs_degree: np.ndarray = None  # int64[S]: working OCS ports per server (failures)
+    nic_up: np.ndarray = None  # NIC-level EPS: int64[S, E] server -> NIC links (else None)
+    nic_down: np.ndarray = None  # int64[S, E] NIC -> server links
 
     def __post_init__(self):
         n = self.ocs_link.shape[0]
@@ -123,11 +126,14 @@ class MixNetRouting:
             eps_path = eps & ~same
         else:
             eps_path = eps
-        e = self.eps.route(es[eps_path], ed[eps_path], seed)
+        if self.nic_up is None:
+            e = self.eps.route(es[eps_path], ed[eps_path], seed)
+        else:  # NIC-level EPS: leave and enter through one NIC each, picked by a seeded hash
+            e, first, last = self._nic_route(es, ed, eps_path, seed, first, last)
         length = np.where(local, 2, 1)
         length[eps] = 0
         length[eps_path] = np.diff(e.route_ptr)
-        length += (first >= 0) + (last >= 0)
+        length += (first >= 0).astype(np.int64) + (last >= 0).astype(np.int64)
         ptr = np.zeros(src.size + 1, np.int64)
         np.cumsum(length, out=ptr[1:])
         links = np.empty(ptr[-1], np.int64)
@@ -148,6 +154,22 @@ class MixNetRouting:
         kind[eps_path] = e.path_kind
         return Routes(ptr, links, kind)
 
+    def _nic_route(self, es, ed, eps_path, seed, first, last):
+        """EPS routes between NICs of servers ``es``/``ed`` (where ``eps_path``), with the
+        server -> NIC and NIC -> server links as the routes' first and last links."""
+        n_nics = self.nic_up.shape[1]
+        i = np.flatnonzero(eps_path)
+        h = (i.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed & 0xFFFFFFFF))
+        k_src = ((h >> np.uint64(33)) % np.uint64(n_nics)).astype(np.int64)
+        k_dst = ((h >> np.uint64(17)) % np.uint64(n_nics)).astype(np.int64)
+        e = self.eps.route(es[i] * n_nics + k_src, ed[i] * n_nics + k_dst, seed)
+        if np.any(first[i] >= 0) or np.any(last[i] >= 0):
+            raise ConfigError("failures", "EPS relays are modelled with the server-level EPS "
+                              "(eps = 'server')")
+        first[i] = self.nic_up[es[i], k_src]
+        last[i] = self.nic_down[ed[i], k_dst]
+        return e, first, last
+
     def paths(self, s: int, d: int, circuits=None) -> list:
         """The paths of host pair ``(s, d)``: NVLink, the circuit, or every EPS path."""
         c = self.circuits if circuits is None else circuits
@@ -158,7 +180,11 @@ class MixNetRouting:
             return [[int(self.host_nvl_up[s]), int(self.host_nvl_down[d])]]
         if ss // r == ds // r and c[ss // r, ss % r, ds % r] > 0:
             return [[int(self.ocs_link[ss, ds % r])]]
-        return self.eps.paths(ss, ds)
+        if self.nic_up is None:
+            return self.eps.paths(ss, ds)
+        n = self.nic_up.shape[1]
+        return [[int(self.nic_up[ss, a])] + p + [int(self.nic_down[ds, b])]
+                for a in range(n) for b in range(n) for p in self.eps.paths(ss * n + a, ds * n + b)]
 
 
 def check_circuits(circuits, alpha: int, region_servers: int, n_regions: int,
@@ -227,13 +253,18 @@ def reconfiguration_events(fabric: Fabric, region: int, old, new, start_ps: int,
 def mixnet(servers: int, link_gbps: float, *, alpha: int = 6, gpus_per_server: int = 8,
            region_servers: int | None = None, ocs_ports: int | None = None,
            circuits=None, seed: int = 13, nvlink_gbps: float | None = None,
-           link_delay_ps: int = LINK_DELAY_DEFAULT_PS, nvlink_delay_ps: int = 0) -> Fabric:
+           link_delay_ps: int = LINK_DELAY_DEFAULT_PS, nvlink_delay_ps: int = 0,
+           eps: str = "server") -> Fabric:
     """A MixNet fabric of ``servers`` servers (see the module docstring).
 
     ``alpha`` (0 .. 8) NICs per server go to the OCS; ``region_servers`` servers per region
     (default: all servers in one region; the runner passes one EP group); ``ocs_ports`` the ports of
     one OCS (default: exactly what a region needs, ``region_servers * alpha``; a region that needs
     more is an error). ``circuits`` the initial configuration (default: seeded random).
+    ``eps="server"`` (default, the released simulator): the EPS fat-tree's hosts are servers with
+    one ``(8 - alpha) * B`` link; ``eps="nic"``: its hosts are the ``8 - alpha`` EPS NICs of every
+    server, each at ``B``, and a flow leaves through one NIC picked by a seeded hash (so one flow
+    gets at most ``B``).
     """
     nvlink_gbps = _check_common(link_gbps, "gpu", gpus_per_server, nvlink_gbps, link_delay_ps,
                                 nvlink_delay_ps)
@@ -252,19 +283,36 @@ def mixnet(servers: int, link_gbps: float, *, alpha: int = 6, gpus_per_server: i
                           f"{need} OCS ports, but an OCS has {ports}; use smaller regions")
     n_regions = servers // r
     link_bps = float(link_gbps) * 1e9
-    eps = fat_tree(servers, (nics - alpha) * float(link_gbps), host="server",
-                   link_delay_ps=link_delay_ps)
+    require(eps in ("server", "nic"), "fabric.eps", f"must be 'server' or 'nic', got {eps!r}")
+    e_nics = nics - alpha
+    if eps == "server":
+        eps_fab = fat_tree(servers, e_nics * float(link_gbps), host="server",
+                           link_delay_ps=link_delay_ps)
+    else:
+        eps_fab = fat_tree(servers * e_nics, float(link_gbps), host="server",
+                           link_delay_ps=link_delay_ps)
     if circuits is None:
         rng = np.random.default_rng(seed)
         circuits = np.stack([random_circuits(r, alpha, rng) for _ in range(n_regions)])
     circuits = check_circuits(circuits, alpha, r, n_regions, "fabric.circuits")
 
     b = _Builder()  # the EPS first, so its link ids (and routing tables) stay valid
-    for arr, name in zip(eps.nodes, ("kind", "tier", "server", "pod", "rail")):
+    for arr, name in zip(eps_fab.nodes, ("kind", "tier", "server", "pod", "rail")):
         getattr(b, name).extend(arr.tolist())
-    for arr, name in zip(eps.links[:5], ("src", "dst", "cap", "delay", "lkind")):
+    for arr, name in zip(eps_fab.links[:5], ("src", "dst", "cap", "delay", "lkind")):
         getattr(b, name).extend(arr.tolist())
-    server_node = eps.hosts
+    nic_up = nic_down = None
+    if eps == "server":
+        server_node = eps_fab.hosts
+    else:  # a server node joined to its EPS NICs (the EPS fat-tree's hosts)
+        server_node = np.array([b.node(NODE_SERVER, TIER_HOST, server=s) for s in range(servers)])
+        nic_up = np.empty((servers, e_nics), np.int64)
+        nic_down = np.empty((servers, e_nics), np.int64)
+        for s in range(servers):
+            for k in range(e_nics):
+                nic_up[s, k], nic_down[s, k] = b.duplex(int(server_node[s]),
+                                                        int(eps_fab.hosts[s * e_nics + k]),
+                                                        link_bps, 0, LINK_EPS)
     n_gpus = servers * gpus_per_server
     hosts = np.empty(n_gpus, np.int64)
     nvl_up = np.full(n_gpus, -1, np.int64)
@@ -288,12 +336,12 @@ def mixnet(servers: int, link_gbps: float, *, alpha: int = 6, gpus_per_server: i
                     LINK_OCS)
     nodes, links = b.freeze()
     routing = MixNetRouting(host_server=np.arange(n_gpus, dtype=np.int64) // gpus_per_server,
-                            host_nvl_up=nvl_up, host_nvl_down=nvl_down, eps=eps.routing,
+                            host_nvl_up=nvl_up, host_nvl_down=nvl_down, eps=eps_fab.routing,
                             region_servers=r, ocs_link=ocs_link, circuits=circuits, alpha=alpha,
-                            link_bps=link_bps)
+                            link_bps=link_bps, nic_up=nic_up, nic_down=nic_down)
     params = dict(builder="mixnet", servers=servers, link_gbps=link_gbps, alpha=alpha,
-                  gpus_per_server=gpus_per_server, region_servers=r, regions=n_regions,
-                  ocs_ports=ports, eps_k=eps.params["k"], eps_gbps=(nics - alpha) * float(link_gbps),
+                  gpus_per_server=gpus_per_server, region_servers=r, regions=n_regions, eps=eps,
+                  ocs_ports=ports, eps_k=eps_fab.params["k"], eps_gbps=e_nics * float(link_gbps),
                   seed=seed, nvlink_gbps=nvlink_gbps, link_delay_ps=int(link_delay_ps),
                   nvlink_delay_ps=int(nvlink_delay_ps), host="gpu")
     return Fabric(name="mixnet", nodes=nodes, links=links, hosts=hosts, routing=routing,

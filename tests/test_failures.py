@@ -99,3 +99,16 @@ def test_failures_out_of_range_or_on_other_fabrics():
         apply_failures(fat_tree(16, 100), ["nic:0:eps"])
     with pytest.raises(ConfigError, match="mixnet"):
         Point(fabric="fattree", failures=("gpu:1",))
+
+
+def test_relay_at_both_ends():
+    c = np.zeros((1, 4, 4), np.int64)
+    c[0, 0, 1] = c[0, 1, 0] = c[0, 2, 3] = c[0, 3, 2] = 1
+    fab = apply_failures(mixnet(4, 100, region_servers=4, alpha=7, circuits=c),
+                         ["nic:0:eps", "nic:2:eps"])
+    r = fab.route(np.array([0]), np.array([16]))       # server 0 -> server 2, no circuit
+    route = r.route_links.tolist()
+    server_node = fab.links.src[fab.routing.eps.host_up]
+    assert chain_ok(fab, route, server_node[0], server_node[2])
+    assert fab.links.kind[route[0]] == OCS and fab.links.kind[route[-1]] == OCS
+    assert simulate_flows(fab, [0], [16], [10**6]).status == "done"

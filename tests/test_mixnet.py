@@ -150,3 +150,31 @@ def test_reconfiguration_events_shape():
     assert set(ev.link.tolist()) == set(f.routing.ocs_link[8:16][f.routing.ocs_link[8:16] >= 0].tolist())
     changed = reconfiguration_events(f, 1, old, new, 5, 10, hold="changed")
     assert (changed.time_ps == 5).sum() == 2 * int((old != new).sum() // 2) * 1
+
+
+def test_nic_level_eps():
+    f = mixnet(8, 100, gpus_per_server=4, region_servers=4, alpha=2, eps="nic")
+    assert f.params["eps"] == "nic" and f.params["eps_gbps"] == 200
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 32, 300)
+    dst = (src + rng.integers(1, 32, 300)) % 32
+    none = np.zeros_like(f.routing.circuits)
+    r = f.route(src, dst, circuits=none)
+    server_node = f.links.src[f.routing.nic_up[:, 0]]
+    used = set()
+    for i in range(300):
+        route = r.route_links[r.route_ptr[i]:r.route_ptr[i + 1]].tolist()
+        s, d = f.host_server[src[i]], f.host_server[dst[i]]
+        if s == d:
+            continue
+        assert route_is_a_path(f, route, server_node[s], server_node[d])
+        assert route in f.routing.paths(int(src[i]), int(dst[i]), none)
+        used.add(route[0])
+    assert used == set(f.routing.nic_up.ravel().tolist())  # the hash spreads flows over NICs
+    # one flow leaves through one NIC: at most B (the server-level EPS gives it (8 - alpha) B)
+    one = simulate_flows(f, [0], [31], [10**6], circuits=none, tolerance=0.0)
+    agg = mixnet(8, 100, gpus_per_server=4, region_servers=4, alpha=2)
+    one_agg = simulate_flows(agg, [0], [31], [10**6], circuits=none, tolerance=0.0)
+    assert one.finish_ps[0] == 2 * one_agg.finish_ps[0]
+    with pytest.raises(ConfigError, match="eps"):
+        mixnet(8, 100, eps="rail")
