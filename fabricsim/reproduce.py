@@ -36,7 +36,7 @@ import sys
 import time
 
 from fabricsim.errors import require
-from fabricsim.experiment import FABRICS, PAPER_PARALLELISM, Point, run_point
+from fabricsim.experiment import FABRICS, PAPER_PARALLELISM, Point
 
 __all__ = ["STUDIES", "study_points", "run_study", "add_parser"]
 

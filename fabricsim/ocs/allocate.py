@@ -300,13 +300,13 @@ def _eps_seconds(load, eps_bps):
 # The search kernels share two tuples:
 #   prob  = (d, pi, pj, need, order_out, order_in)      the instance (read-only)
 #   state = (decided, budget, eo, ei, saved, trail)      the search state (mutated, undone)
-# d : float64[R, R] directional demand (bytes, zero diagonal); pi, pj : int64[P] candidate pairs
-# (pi < pj); need : int64[P] circuits a pair takes if wired (1..alpha); order_out / order_in :
-# int64[R, R] per server, the candidate pairs at it by outbound / inbound demand, largest first,
-# padded with -1. decided : int8[P] (_UNDECIDED / _CIRCUIT / _EPS); budget : int64[R] free ports;
-# eo, ei : float64[R] EPS bytes out / in of the pairs decided for the EPS (plus the fixed ones);
-# saved : float64[P, 4] eo[i], ei[i], eo[j], ei[j] before pair p went to the EPS; trail :
-# int64[P] pairs in the order they were decided (a prefix of length tlen).
+# d : float64[R, R] directional demand (bytes, zero diagonal); pi, pj : int64[P] the pairs with
+# demand (pi < pj); need : int64[P] circuits a pair takes if wired (1..alpha; alpha + 1: it
+# cannot be); order_out / order_in : int64[R, R] per server, the pairs at it by outbound /
+# inbound demand, largest first, padded with -1. decided : int8[P] (_UNDECIDED / _CIRCUIT /
+# _EPS); budget : int64[R] free ports; eo, ei : float64[R] EPS bytes out / in of the pairs
+# decided for the EPS; saved : float64[P, 4] eo[i], ei[i], eo[j], ei[j] before pair p went to
+# the EPS; trail : int64[P] pairs in the order they were decided (a prefix of length tlen).
 
 @njit
 def _partner(pi, pj, q, s):
@@ -494,16 +494,14 @@ def _settle(prob, state, tlen, eps_bps, limit, table):
 
 
 @njit
-def _cover_search(d, pi, pj, need, order_out, order_in, eo0, ei0, alpha, eps_bps, limit, first,
-                  max_nodes):
+def _cover_search(d, pi, pj, need, order_out, order_in, alpha, eps_bps, limit, first, max_nodes):
     """Exact depth-first branch and bound: circuits or EPS for every candidate pair.
 
     Parameters
     ----------
     d, pi, pj, need, order_out, order_in
-        The instance (see the comment above :func:`_partner`).
-    eo0, ei0 : float64[R]
-        EPS loads (bytes, out / in) already fixed by the non-candidate pairs.
+        The instance (see the comment above :func:`_partner`); pairs with ``need > alpha``
+        cannot get circuits and are put on the EPS before the search starts.
     alpha : int
         Ports per server. ``eps_bps`` : float, EPS bandwidth per server and direction.
     limit : float
@@ -526,9 +524,12 @@ def _cover_search(d, pi, pj, need, order_out, order_in, eo0, ei0, alpha, eps_bps
     p_count = pi.shape[0]
     decided = np.zeros(p_count, dtype=np.int8)
     budget = np.full(r, alpha, dtype=np.int64)
-    state = (decided, budget, eo0.copy(), ei0.copy(), np.zeros((p_count, 4)),
+    state = (decided, budget, np.zeros(r), np.zeros(r), np.zeros((p_count, 4)),
              np.zeros(p_count, dtype=np.int64))
     prob = (d, pi, pj, need, order_out, order_in)
+    for q in range(p_count):  # fixed on the EPS (not on the trail: never undone)
+        if need[q] > alpha:
+            _assign(prob, state, q, _EPS, 0)
     table = np.zeros(alpha + 1)
     branch = np.full(p_count + 1, -1, dtype=np.int64)  # pair branched on at each depth; -1: new
     next_opt = np.zeros(p_count + 1, dtype=np.int8)   # 0: try circuits, 1: try EPS, 2: done
@@ -598,7 +599,7 @@ class MinmaxResult(NamedTuple):
 #: the result depends on the budget, never on the clock. On the benchmark machine a node costs
 #: 5-50 us (R = 4 .. 16), so the budget caps a call at about a second; realistic MoE loads need
 #: a few hundred nodes (``benchmarks/bench_ocs.py``).
-DEFAULT_MAX_NODES = 20_000
+DEFAULT_MAX_NODES = 5_000
 
 _FOUND, _NONE, _ABORTED = 0, 1, 2
 
@@ -620,6 +621,8 @@ class _MinmaxProblem:
         self.pi, self.pj, self.m = iu[keep].astype(np.int64), ju[keep].astype(np.int64), m[keep]
         counts = np.arange(1, alpha + 1, dtype=np.int64)
         self.terms = _circuit_term(self.m[:, None], counts[None, :], link_bps)
+        self.order_out = _pair_order(self.pi, self.pj, d, inbound=False)
+        self.order_in = _pair_order(self.pi, self.pj, d, inbound=True)
         self.nodes_left = max_nodes
         self.nodes = 0
 
@@ -643,35 +646,25 @@ class _MinmaxProblem:
         ``<= limit``), or ``_ABORTED`` (node budget spent; ``circuits`` is the best found, or
         None).
         """
-        d, r = self.d, self.d.shape[0]
-        wired = need <= self.alpha
-        pi, pj, w = self.pi[wired], self.pj[wired], need[wired]
-        eo, ei = np.zeros(r), np.zeros(r)
-        for i, j in zip(self.pi[~wired], self.pj[~wired]):
-            eo[i] += d[i, j]
-            ei[j] += d[i, j]
-            eo[j] += d[j, i]
-            ei[i] += d[j, i]
-        order_out = _pair_order(pi, pj, d, inbound=False)
-        order_in = _pair_order(pi, pj, d, inbound=True)
-        found, _, chosen, nodes = _cover_search(d, pi, pj, w, order_out, order_in, eo, ei,
-                                                self.alpha, self.eps_bps, limit, first,
-                                                self.nodes_left)
+        found, _, chosen, nodes = _cover_search(self.d, self.pi, self.pj, need, self.order_out,
+                                                self.order_in, self.alpha, self.eps_bps, limit,
+                                                first, self.nodes_left)
         aborted = int(nodes) > self.nodes_left
         nodes = min(int(nodes), self.nodes_left)
         self.nodes += nodes
         self.nodes_left -= nodes
         c = None
         if found:
+            r = self.d.shape[0]
             c = np.zeros((r, r), dtype=np.int64)
-            c[pi[chosen], pj[chosen]] = w[chosen]
+            c[self.pi[chosen], self.pj[chosen]] = need[chosen]
             c += c.T
         return (_ABORTED if aborted else _FOUND if found else _NONE), c
 
 
 def _pair_order(pi, pj, d, *, inbound) -> np.ndarray:
-    """int64[R, R]: per server, candidate pair indices by that direction's demand, largest first
-    (ties by pair index), padded with -1."""
+    """int64[R, R]: per server, the indices of the pairs at it by that direction's demand,
+    largest first (ties by pair index), padded with -1."""
     r = d.shape[0]
     order = np.full((r, r), -1, dtype=np.int64)
     for s in range(r):
@@ -778,19 +771,18 @@ def minmax_allocation(demand_bytes, alpha, *, link_gbps=None, eps_gbps=None,
         raise ConfigError("max_nodes", f"must be an integer >= 1, got {max_nodes!r}")
     prob = _MinmaxProblem(d, alpha, link_bps, eps_bps, int(max_nodes))
     values = prob.candidates()
-    best, ub = None, np.inf
-    for c in (allocate_reference(d, alpha), allocate_paper(d, alpha)):  # the incumbent
-        b = _bound(d, c, link_bps, eps_bps)
-        if b < ub:
-            best, ub = c, b
-    exact = True
-    proven_below = -np.inf  # the optimum is > this target (proven infeasible)
+    best = allocate_reference(d, alpha)  # the incumbent: the better of reference and paper
+    ub = _bound(d, best, link_bps, eps_bps)
 
     def consider(c):
         nonlocal best, ub
         b = _bound(d, c, link_bps, eps_bps)
         if b < ub:
             best, ub = c, b
+
+    consider(allocate_paper(d, alpha))
+    exact = True
+    proven_below = -np.inf  # the optimum is > this target (proven infeasible)
 
     # 1. smallest feasible candidate; those >= the incumbent's bound are feasible already
     lo, hi = 0, int(np.searchsorted(values, ub, side="left"))
@@ -817,8 +809,28 @@ def minmax_allocation(demand_bytes, alpha, *, link_gbps=None, eps_gbps=None,
         proven_below = ub  # the optimum is ub itself
     c = _spend_leftover_ports(d, best, alpha, link_bps, eps_bps)
     bound = _bound(d, c, link_bps, eps_bps)
-    lower = bound if exact else max(proven_below, 0.0)
+    lower = bound if exact else _root_lower_bound(prob, max(proven_below, 0.0), bound)
     return MinmaxResult(c, bound, lower, exact, prob.nodes)
+
+
+def _root_lower_bound(prob: _MinmaxProblem, lower: float, upper: float, steps: int = 60) -> float:
+    """Raise a certified lower bound ``lower`` (the optimum is above it) towards ``upper`` by
+    bisection on the target ``t``, each step one root node of the search (:func:`_settle`
+    proving ``feasible(t)`` false, or not). Used when the node budget ran out."""
+    prob.nodes_left = 1
+    for _ in range(steps):
+        if not upper > lower:
+            break
+        t = 0.5 * (lower + upper)
+        if t <= lower or t >= upper:
+            break
+        prob.nodes_left = 1
+        status, _ = prob.search(prob.needs(t), t, first=True)
+        if status == _NONE:
+            lower = t
+        else:
+            upper = t
+    return lower
 
 
 def _spend_leftover_ports(d, c, alpha, link_bps, eps_bps) -> np.ndarray:
