@@ -70,3 +70,15 @@ def test_cli_quick_subset_writes_results(tmp_path, capsys):
     assert math.isclose(df[df.fabric == "fattree"].perf_per_dollar_norm.iloc[0], 1.0)
     assert df.iteration_time_norm.min() == 1.0
     assert "perf/$" in capsys.readouterr().out
+
+
+def test_figures(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fabricsim.reproduce import plot, run_study
+
+    rows = run_study(study_points("main", quick=True, models=["mixtral-8x7b"], link_speeds=[100],
+                                  fabrics=["fattree", "mixnet"]))
+    paths = plot(rows, str(tmp_path))
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["iteration_time.png", "cost_vs_size.png",
+                                                    "pareto.png"]
+    assert all((tmp_path / p.rsplit("/", 1)[1]).stat().st_size > 1000 for p in paths)
