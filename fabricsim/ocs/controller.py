@@ -38,7 +38,7 @@ import numpy as np
 
 from fabricsim.errors import require
 from fabricsim.mixnet import HOLD_MODES, MixNetRouting, reconfiguration_events
-from fabricsim.ocs.allocate import VARIANTS, allocate_circuits, symmetric_demand
+from fabricsim.ocs.allocate import VARIANTS, allocate_circuits
 from fabricsim.workload.taskgraph import COMPUTE, OPS
 
 __all__ = ["RegionalController", "POLICIES", "make_controller"]
@@ -108,7 +108,7 @@ class RegionalController:
         if self.variant == "minmax":
             c = allocate_circuits(demand, rt.alpha, "minmax", link_gbps=link_gbps, eps_gbps=eps_gbps)
         else:
-            c = allocate_circuits(symmetric_demand(demand), rt.alpha, self.variant)
+            c = allocate_circuits(demand, rt.alpha, self.variant)  # symmetrizes it itself
         r = rt.region_servers
         degree = rt.ocs_degree[region * r:(region + 1) * r]
         if np.any(degree < rt.alpha):
