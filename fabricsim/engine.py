@@ -456,14 +456,17 @@ class PacketSession:
 
     def start(self, flows, at_ps: int) -> None:
         """Start pending ``flows`` (flow ids) at ``at_ps`` (>= the engine's time)."""
-        self._inject(np.atleast_1d(np.asarray(flows, np.int64)), self._no_links, self._no_caps, at_ps)
+        flows = np.ascontiguousarray(np.atleast_1d(flows), dtype=np.int64)
+        if flows.ndim != 1:
+            raise ValueError("start(): flows must be a 1-D array of flow ids")
+        self._inject(flows, self._no_links, self._no_caps, at_ps)
 
     def set_capacity(self, links, capacity_bps, at_ps: int) -> None:
         """Set ``links`` to ``capacity_bps`` at ``at_ps`` (>= the engine's time)."""
         if not self.st.clock[self._ps.C_OPEN]:
             raise ValueError("set_capacity() after close_capacity()")
-        links = np.atleast_1d(np.asarray(links, np.int64))
-        caps = np.atleast_1d(np.asarray(capacity_bps, np.float64))
+        links = np.ascontiguousarray(np.atleast_1d(links), dtype=np.int64)
+        caps = np.ascontiguousarray(np.atleast_1d(capacity_bps), dtype=np.float64)
         if links.shape != caps.shape or links.ndim != 1:
             raise ValueError("set_capacity(): links and capacity_bps must have equal lengths")
         self._inject(self._no_links, links, caps, at_ps)

@@ -392,8 +392,11 @@ def _ring_push_any(ring, hc, t, seq, arg):
 
 
 @njit(inline="always")
-def _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, fi, ev_time_ps, clock):
+def _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, n_timed, fi, ev_time_ps, n_caps, clock):
     """The earliest pending event: (time, kind, source); kind -1 when none is left.
+
+    ``n_timed``/``n_caps``: the used entries of ``start_order``/``ev_*`` (``clock[C_N_TIMED]``,
+    ``clock[C_N_CAPS]``; constant during :func:`advance`).
 
     The source is the arrival class of EV_ARRIVE, and for EV_START 0 (a timed start) or 1 (a
     start fired by a trigger)."""
@@ -414,7 +417,7 @@ def _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, fi, ev_time_ps, clock):
         h = clock[C_SD_HEAD]
         if _before(sd[h, 0], sd[h, 1], best_t, best_s):
             best_t, best_s, kind = sd[h, 0], sd[h, 1], EV_SEND
-    if clock[C_START_PTR] < clock[C_N_TIMED]:
+    if clock[C_START_PTR] < n_timed:
         f = start_order[clock[C_START_PTR]]
         if _before(fi[f, F_START], f, best_t, best_s):
             best_t, best_s, kind, src = fi[f, F_START], f, EV_START, 0
@@ -422,7 +425,7 @@ def _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, fi, ev_time_ps, clock):
         h = clock[C_RD_HEAD]
         if _before(rd[h, 0], rd[h, 1], best_t, best_s):
             best_t, best_s, kind, src = rd[h, 0], rd[h, 1], EV_START, 1
-    if clock[C_CAP_PTR] < clock[C_N_CAPS]:
+    if clock[C_CAP_PTR] < n_caps:
         e = clock[C_CAP_PTR]
         seq = fi.shape[0]  # after every start at that time; capacity events run in list order
         if _before(ev_time_ps[e], seq, best_t, best_s):
@@ -704,8 +707,8 @@ def _route_up(fi, lcap, route_links, f):
 @njit
 def next_event_time(st):
     """Time (ps) of the next event, INF_PS when none is left."""
-    return _next_event(st.ar, st.ar_hc, st.tx, st.tm, st.sd, st.rd, st.start_order, st.fi,
-                       st.ev_time_ps, st.clock)[0]
+    return _next_event(st.ar, st.ar_hc, st.tx, st.tm, st.sd, st.rd, st.start_order,
+                       st.clock[C_N_TIMED], st.fi, st.ev_time_ps, st.clock[C_N_CAPS], st.clock)[0]
 
 
 @njit
@@ -842,19 +845,25 @@ def advance(st, until_ps, max_events, stop_on_finish=False):
     g = st.g[0]
     n_flows = fi.shape[0]
     reserve = 4 * params[K_BURST] + 16
+    n_timed, n_caps = clock[C_N_TIMED], clock[C_N_CAPS]  # only inject() changes them
     is_open = clock[C_OPEN] != 0
     # an open state never takes a flow for stuck: a capacity change may still come
-    caps_left_for_timer = -1 if is_open else clock[C_N_CAPS]
+    caps_left_for_timer = -1 if is_open else n_caps
     handled = 0
     while True:
-        t, kind, src = _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, fi, ev_time_ps, clock)
+        t, kind, src = _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, n_timed, fi, ev_time_ps,
+                                   n_caps, clock)
         if kind < 0:
             return DONE if clock[C_N_DONE] == n_flows else DEADLOCK
         if t > until_ps or handled >= max_events:
             return PAUSED
         if clock[C_N_FREE] < reserve:
             return GROW
-        prev_now = clock[C_NOW]
+        if is_open and kind == EV_TIMER:
+            f = tm[0, 2]
+            if (fi[f, F_DEADLINE] <= t and fi[f, F_ACKED] < fi[f, F_NPKTS]
+                    and _quiescent(ar_hc, tm, fi, lcap, route_links, clock)):
+                return QUIET  # the timeout stays due: nothing ran
         clock[C_NOW] = t
         clock[C_EVENTS] += 1
         handled += 1
@@ -886,11 +895,6 @@ def advance(st, until_ps, max_events, stop_on_finish=False):
             _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, t)
         elif kind == EV_TIMER:
             f = tm[0, 2]
-            if (is_open and fi[f, F_DEADLINE] <= t and fi[f, F_ACKED] < fi[f, F_NPKTS]
-                    and _quiescent(ar_hc, tm, fi, lcap, route_links, clock)):
-                clock[C_NOW] = prev_now  # the timeout stays due: nothing ran
-                clock[C_EVENTS] -= 1
-                return QUIET
             _heap_pop(tm, clock[C_TM_SIZE])
             clock[C_TM_SIZE] -= 1
             _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, ack_links,
