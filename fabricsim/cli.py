@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fabricsim.ocs.cli import add_parser as add_ocs_parser
 
     add_ocs_parser(sub)
+    from fabricsim.sweep import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)
     return p
 
 
