@@ -33,7 +33,7 @@ def successors(pred_ptr, pred):
 
 @njit
 def topological_order(pred_ptr, pred):
-    """Kahn's algorithm, smallest ready id first among equals (a FIFO of ready tasks).
+    """Kahn's algorithm with a FIFO of ready tasks (sources in id order first).
 
     Returns ``int64[T]``; it is shorter than ``T`` exactly when the graph has a cycle.
     """

@@ -7,7 +7,8 @@ The default is the released MixNet simulator's rule, tp innermost, then ep, then
 so the expert-parallel rank of a GPU is ``e = (gpu // tp) mod ep``, an EP group (the ep * tp GPUs
 of one stage and replica) is a contiguous block of GPUs, and a MixNet region (one EP group) is
 ``ep * tp / gpus_per_server`` contiguous servers. Attention and dense layers are data-parallel
-over the ``dp * ep`` GPUs with the same (stage, tp rank); each expert is replicated ``dp`` times.
+over the ``dp * ep`` GPUs with the same (stage, tp rank); a rank's experts are replicated over its
+``tp`` GPUs and the ``dp`` replicas (split over tp instead with the workload's ``expert_tp``).
 
 Layers go to stages in contiguous blocks: ``layer_split="even"`` needs the layer count divisible
 by pp; ``"balanced"`` gives the first ``layers mod pp`` stages one layer more (DeepSeek-R1's 61

@@ -70,6 +70,9 @@ class WorkloadConfig:
     simulator's static matrix), ``synthetic`` (parameters in ``gating_params``) or ``trace``
     (``gating_params = {"path": ...}``). ``dtype_bytes``: activations and gradients (bf16: 2).
 
+    Every data-parallel replica gets the same expert load (the gating is keyed by iteration,
+    layer and micro-batch, not by replica).
+
     ``expert_tp``: whether the MoE block is tensor-parallel too. ``False`` (default): experts are
     whole on every GPU of their EP rank's TP group, each GPU runs them on its sequence-parallel
     1/tp share of the tokens, and only attention and dense FFNs all-reduce over TP (Megatron-Core

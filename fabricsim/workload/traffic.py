@@ -23,8 +23,9 @@ one EP rank (its TP group holds it), ``tp``/``ep``/``dp``/``pp`` the degrees.
   NVLink, the gateways run a ring across servers (``2 (n - 1) / n * G`` bytes each), and the
   gateways broadcast back. ``G`` is a GPU's gradient in bytes (``b`` per parameter). Non-expert
   parameters (attention, router, dense and shared FFNs, embedding, LM head) are replicated over
-  the ``dp * ep`` GPUs with the same (stage, tp rank); expert parameters over the ``dp`` GPUs
-  with the same (stage, ep rank, tp rank).
+  the ``dp * ep`` GPUs with the same (stage, tp rank); expert parameters over the ``dp * tp`` GPUs
+  with the same (stage, ep rank) when experts are whole on every GPU (``expert_tp = False``, the
+  default), or over the ``dp`` GPUs with the same (stage, ep rank, tp rank) when they are split.
 
 Integer bytes are floored.
 """
