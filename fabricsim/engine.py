@@ -256,13 +256,22 @@ class FlowSession:
         self._inject(self._no_links[:0], np.asarray(links, np.int64),
                      np.asarray(capacity_bps, np.float64), at_ps)
 
-    def advance(self, until_ps: int):
+    def advance(self, until_ps: int, *, stop_at_finish: bool = False):
         """Run every event up to ``until_ps``; returns ``(flow_ids, finish_ps)`` of the flows that
-        finished since the last call (int64 arrays, in completion order)."""
-        while flowsim.advance(self.st, int(until_ps), _SLICE_EVENTS, self.tolerance) == flowsim.PAUSED:
-            if self.next_event_ps() > until_ps:
-                break
-        n_done = int(self.st.clock[flowsim.C_N_DONE])
+        finished since the last call (int64 arrays, in completion order). With ``stop_at_finish``
+        it returns once the events at the first completion's time have run (as PacketSession)."""
+        clock = self.st.clock
+        if stop_at_finish:
+            before = int(clock[flowsim.C_N_DONE])
+            while (flowsim.advance(self.st, int(until_ps), 1, self.tolerance) == flowsim.PAUSED
+                   and int(clock[flowsim.C_N_DONE]) == before
+                   and self.next_event_ps() <= until_ps):
+                pass
+        else:
+            while flowsim.advance(self.st, int(until_ps), _SLICE_EVENTS, self.tolerance) == flowsim.PAUSED:
+                if self.next_event_ps() > until_ps:
+                    break
+        n_done = int(clock[flowsim.C_N_DONE])
         ids = self.st.done_order[self.n_reported:n_done].copy()
         self.n_reported = n_done
         return ids, self.st.finish_ps[ids]
@@ -275,6 +284,9 @@ class FlowSession:
         """Bytes each link carried up to the engine's current time."""
         flowsim.settle_links(self.st, self.now_ps)
         return self.st.bytes_acc.copy()
+
+    def stats(self) -> dict:
+        return {"events": int(self.st.clock[flowsim.C_EVENTS])}
 
 
 def _next_time(st) -> int:

@@ -81,9 +81,8 @@ class Point:
             else () if isinstance(self.failures, str) else self.failures)))
         require(not self.failures or self.fabric == "mixnet", "failures",
                 "failures are modelled on the mixnet fabric")
-        require(self.engine == "flow", "engine",
-                "the task-graph runner drives the flow engine only (the packet engine runs "
-                "flow batches: fabricsim run --engine packet)")
+        require(self.engine in ("flow", "packet"), "engine",
+                f"must be 'flow' or 'packet', got {self.engine!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -178,7 +177,7 @@ def run_point(point: Point, *, progress=None) -> dict:
 
         moved = gpu_map(fabric, point.failures)
     result = run_iteration(graph, fabric, mode=point.mode, controller=controller, seed=point.seed,
-                           progress=progress, gpu_map=moved)
+                           progress=progress, gpu_map=moved, engine=point.engine)
     params = point.to_dict()
     params["dp"] = cfg.dp
     params["micro_batches"] = cfg.n_micro_batches

@@ -230,7 +230,7 @@ def plot(rows: list, out_dir: str) -> list:
 
 def _cmd_reproduce(args) -> int:
     overrides = {k: v for k, v in (("gating", args.gating), ("gpu_profile", args.gpu_profile),
-                                   ("mode", args.mode)) if v is not None}
+                                   ("mode", args.mode), ("engine", args.engine)) if v is not None}
     speeds = [float(x) for x in args.link_gbps.split(",")] if args.link_gbps else None
     points = study_points(args.study, quick=args.quick,
                           models=args.models.split(",") if args.models else None,
@@ -275,6 +275,8 @@ def add_parser(sub) -> None:
     r.add_argument("--gating", choices=["reference", "synthetic"],
                    help="expert load (default reference, as the paper)")
     r.add_argument("--gpu-profile", help="a100 (default), h100, h800")
+    r.add_argument("--engine", choices=["flow", "packet"],
+                   help="network engine (default flow; packet: DCTCP packets, much slower)")
     r.add_argument("--mode", choices=["isolated", "exact"],
                    help="runner mode (default isolated: collectives timed alone, memoized)")
     r.add_argument("--workers", type=int, default=1, metavar="N",

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fabricsim.engine import FlowSession
+from fabricsim.engine import FlowSession, PacketSession
 from fabricsim.errors import require
 from fabricsim.fabric import Fabric
 from fabricsim.kernels import dag, flowsim
@@ -44,6 +44,7 @@ from fabricsim.workload.taskgraph import COMM, COMPUTE, OP_PARALLELISM, OPS, Tas
 __all__ = ["run_iteration", "IterationResult", "MODES", "BREAKDOWN_KINDS"]
 
 MODES = ("exact", "isolated")
+ENGINES = ("flow", "packet")
 BREAKDOWN_KINDS = ("compute", "tp", "ep", "pp", "dp", "ocs", "wait")
 _KIND_OF_OP = np.array([BREAKDOWN_KINDS.index(OP_PARALLELISM.get(op, "wait")) for op in OPS])
 _INF = flowsim.INF_PS
@@ -152,14 +153,23 @@ def _route_all(fabric, graph, controller, ptr, src, dst, seed):
     return route_ptr, links
 
 
+def _session(engine, fabric, route_ptr, route_links, capacity_bps, size, tolerance, packet_params):
+    """A step-by-step engine session over the given flows (all pending)."""
+    if engine == "flow":
+        return FlowSession(route_ptr, route_links, capacity_bps, size, tolerance=tolerance)
+    return PacketSession(route_ptr, route_links, fabric.links.reverse, capacity_bps,
+                         fabric.links.delay_ps, size, params=packet_params)
+
+
 class _Isolated:
     """Durations of communication tasks run alone on the idle fabric, memoized over identical
-    flow problems: same routes up to renaming the links, same sizes, same link capacities (the
-    flow engine's completion times depend on nothing else, so a hit is exact)."""
+    flow problems: same routes up to renaming the links, same sizes, same link capacities and
+    delays (an engine's completion times depend on nothing else, so a hit is exact)."""
 
-    def __init__(self, fabric, route_ptr, route_links, size, tolerance):
+    def __init__(self, fabric, route_ptr, route_links, size, tolerance, engine, packet_params):
         self.fabric, self.route_ptr, self.route_links = fabric, route_ptr, route_links
         self.size, self.tolerance = size, tolerance
+        self.engine, self.packet_params = engine, packet_params
         self.memo = {}
         self.simulated = 0
 
@@ -175,11 +185,12 @@ class _Isolated:
         rank = np.empty(first.size, np.int64)
         rank[np.argsort(first)] = np.arange(first.size)
         h = hashlib.blake2b(digest_size=16)
-        for a in (rp, rank[inverse], size, capacity_bps[rl]):
+        for a in (rp, rank[inverse], size, capacity_bps[rl], self.fabric.links.delay_ps[rl]):
             h.update(np.ascontiguousarray(a).tobytes())
         key = h.digest()
         if key not in self.memo:
-            s = FlowSession(rp, rl, capacity_bps, size, tolerance=self.tolerance)
+            s = _session(self.engine, self.fabric, rp, rl, capacity_bps, size, self.tolerance,
+                         self.packet_params)
             s.start(np.arange(hi - lo), 0)
             s.advance(_INF - 1)
             self.memo[key] = int(s.finish_ps.max())
@@ -189,11 +200,12 @@ class _Isolated:
 
 def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", controller=None,
                   tolerance: float = 0.0, seed: int = 0, progress=None,
-                  gpu_map=None) -> IterationResult:
+                  gpu_map=None, engine: str = "flow", packet_params=None) -> IterationResult:
     """Execute ``graph`` on ``fabric`` (see the module docstring); ``controller`` is an OCS
     controller for MixNet fabrics (:func:`fabricsim.ocs.controller.make_controller`);
     ``gpu_map`` (``int64[H]``, :func:`fabricsim.failures.gpu_map`) moves failed GPUs' traffic."""
     require(mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+    require(engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
     require(isinstance(fabric, Fabric), "fabric", "must be a fabricsim Fabric")
     require(fabric.n_hosts >= graph.placement.gpus, "fabric",
             f"has {fabric.n_hosts} hosts, the workload needs {graph.placement.gpus} GPUs")
@@ -207,9 +219,10 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
     if controller is not None:
         capacity = controller.initial_capacity(capacity)
     exact = mode == "exact"
-    session = FlowSession(route_ptr, route_links, capacity, size, tolerance=tolerance) if exact \
-        else None
-    isolated = None if exact else _Isolated(fabric, route_ptr, route_links, size, tolerance)
+    session = _session(engine, fabric, route_ptr, route_links, capacity, size, tolerance,
+                       packet_params) if exact else None
+    isolated = None if exact else _Isolated(fabric, route_ptr, route_links, size, tolerance,
+                                            engine, packet_params)
     flow_task = np.repeat(np.arange(n), np.diff(ptr))
     succ_ptr, succ = dag.successors(graph.pred_ptr, graph.pred)
     waiting = np.diff(graph.pred_ptr).astype(np.int64)
@@ -271,8 +284,8 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
         t_eng = session.next_event_ps() if exact else _INF
         if t_eng == _INF and t_py == _INF:
             break
-        if t_eng <= t_py:
-            ids, fin = session.advance(t_eng)
+        if t_eng <= t_py:  # run the engine to its next completion instant (or to t_py)
+            ids, fin = session.advance(min(t_py, _INF - 1), stop_at_finish=True)
             for f, tf in zip(ids.tolist(), fin.tolist()):
                 task = int(flow_task[f])
                 flows_left[task] -= 1
@@ -311,8 +324,9 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
     if not exact:
         stats["contended_collectives"] = _contended(ptr, route_ptr, route_links, start, finish,
                                                     fabric.n_links)
+    stats["engine"] = engine
     if exact:
-        stats["engine_events"] = int(session.st.clock[flowsim.C_EVENTS])
+        stats["engine_events"] = int(session.stats()["events"])
     return IterationResult(graph, iteration_ps, start, finish, breakdown,
                            controller.records if controller is not None else [], stats)
 

@@ -127,3 +127,20 @@ def test_contention_is_reported_when_isolated_is_not_exact(pipeline_graph):
     exact = run_iteration(pipeline_graph, fat_tree(32, 100), mode="exact")
     assert iso.stats["contended_collectives"] > 0
     assert iso.iteration_time_ps != exact.iteration_time_ps
+
+
+@pytest.mark.parametrize("mode", ["isolated", "exact"])
+def test_packet_engine_drives_the_runner_and_agrees_with_the_flow_engine(mode):
+    """The same iteration on both engines: DCTCP packets and the fluid model agree within a few
+    percent (slow start, ACK clocking and queueing are what the packet engine adds)."""
+    from fabricsim.kernels.packetsim import PacketParams
+
+    cfg = WorkloadConfig(model="mixtral-8x7b", gpus=8, tp=2, ep=4, pp=1, dp=1, micro_batch=1,
+                         seq_len=128, micro_batches=1)
+    g = build_iteration(cfg)
+    fab = fat_tree(8, 100, gpus_per_server=4)
+    flow = run_iteration(g, fab, mode=mode)
+    packet = run_iteration(g, fab, mode=mode, engine="packet", packet_params=PacketParams())
+    assert packet.stats["engine"] == "packet"
+    assert np.all(packet.finish_ps >= 0)
+    assert abs(packet.iteration_time_ps / flow.iteration_time_ps - 1) < 0.05
