@@ -19,7 +19,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=["isolated", "exact"], default="isolated")
     ap.add_argument("--model", default="mixtral-8x22b")
     args = ap.parse_args()
-    print(f"| fabric | flow engine (s) | packet engine (s) | difference | wall flow / packet |")
+    print("| fabric | flow engine (s) | packet engine (s) | difference | wall flow / packet |")
     print("|---|---|---|---|---|")
     for fabric in FABRICS:
         times, walls = [], []

@@ -206,6 +206,11 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return run_command(args)
+
+
+def run_command(args) -> int:
+    """Run a parsed command: a user error prints one line and returns 2."""
     import warnings
 
     def one_line(message, category, filename, lineno, file=None, line=None):

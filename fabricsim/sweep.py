@@ -1147,15 +1147,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fabricsim")
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except FabricsimError as exc:
-        print(f"fabricsim: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"fabricsim: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fabricsim: interrupted", file=sys.stderr)
-        return 130
+    from fabricsim.cli import run_command
+
+    return run_command(args)
