@@ -112,6 +112,7 @@ class FabricConfig:
         else:
             require(self.servers is not None, "fabric.servers",
                     f"is required for builder = '{self.builder}'")
+            require(self.servers >= 1, "fabric.servers", f"must be >= 1, got {self.servers}")
             require(self.hosts is None, "fabric.hosts", f"is for builder = 'fat_tree'; {self.builder} "
                     "takes servers")
         require(self.link_delay_us >= 0, "fabric.link_delay_us", f"must be >= 0, got {self.link_delay_us}")

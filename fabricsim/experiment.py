@@ -74,6 +74,17 @@ class Point:
     def __post_init__(self):
         require(self.fabric in FABRICS, "fabric",
                 f"must be one of {', '.join(FABRICS)}, got {self.fabric!r}")
+        for name in ("link_gbps", "delay_ms"):
+            v = getattr(self, name)
+            require(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+                    and (v > 0 if name == "link_gbps" else v >= 0), name,
+                    f"must be a number {'> 0' if name == 'link_gbps' else '>= 0'}, got {v!r}")
+        for name in ("gpus", "tp", "ep", "pp", "micro_batch", "seq_len"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name,
+                    f"must be a positive integer, got {v!r}")
+        require(isinstance(self.alpha, int) and not isinstance(self.alpha, bool)
+                and 0 <= self.alpha <= 7, "alpha", f"must be an integer 0 .. 7, got {self.alpha!r}")
         from fabricsim.failures import parse_failures
 
         object.__setattr__(self, "failures", tuple(str(f) for f in parse_failures(
@@ -161,9 +172,18 @@ def _trained_predictor(p: Point, graph, window: int = 8):
     return pred
 
 
+def _cost(point: Point) -> float:
+    """The network cost, NaN for a link speed without prices (the simulation still counts)."""
+    from fabricsim.cost import SPEEDS_GBPS, network_cost_usd
+
+    if point.link_gbps not in SPEEDS_GBPS:
+        return float("nan")
+    return network_cost_usd(_COST_NAME[point.fabric], point.gpus, point.link_gbps,
+                            alpha=point.alpha)
+
+
 def run_point(point: Point, *, progress=None) -> dict:
     """Simulate one iteration of ``point``; returns its result row (flat dict of scalars)."""
-    from fabricsim.cost import network_cost_usd
     from fabricsim.runner import BREAKDOWN_KINDS, run_iteration
     from fabricsim.workload import build_iteration
 
@@ -188,8 +208,7 @@ def run_point(point: Point, *, progress=None) -> dict:
     row.update(iteration_time_s=result.iteration_time_s,
                compute_bound_s=graph.critical_path_ps() * 1e-12,
                **{f"{k}_s": breakdown[k] for k in BREAKDOWN_KINDS},
-               network_cost_usd=network_cost_usd(_COST_NAME[point.fabric], point.gpus,
-                                                 point.link_gbps, alpha=point.alpha),
+               network_cost_usd=_cost(point),
                reconfigurations=len(result.ocs_records), tasks=graph.n_tasks,
                contended_collectives=result.stats.get("contended_collectives", -1),
                flows=result.stats["flows"], wall_s=time.perf_counter() - t0)

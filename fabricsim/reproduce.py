@@ -35,7 +35,7 @@ import os
 import sys
 import time
 
-from fabricsim.errors import require
+from fabricsim.errors import ConfigError, require
 from fabricsim.experiment import FABRICS, PAPER_PARALLELISM, Point
 
 __all__ = ["STUDIES", "study_points", "run_study", "add_parser"]
@@ -231,13 +231,21 @@ def plot(rows: list, out_dir: str) -> list:
 def _cmd_reproduce(args) -> int:
     overrides = {k: v for k, v in (("gating", args.gating), ("gpu_profile", args.gpu_profile),
                                    ("mode", args.mode), ("engine", args.engine)) if v is not None}
-    speeds = [float(x) for x in args.link_gbps.split(",")] if args.link_gbps else None
+    speeds = None
+    if args.link_gbps:
+        try:
+            speeds = [float(x) for x in args.link_gbps.split(",")]
+        except ValueError:
+            raise ConfigError("--link-gbps", "must be comma-separated numbers (Gbit/s), got "
+                              f"{args.link_gbps!r}") from None
     points = study_points(args.study, quick=args.quick,
                           models=args.models.split(",") if args.models else None,
                           link_speeds=speeds,
                           fabrics=args.fabrics.split(",") if args.fabrics else None, **overrides)
     out = args.out or os.path.join("fabricsim-out", f"reproduce-{args.study}" +
                                    ("-quick" if args.quick else ""))
+    os.makedirs(out, exist_ok=True)  # a bad --out fails now, not after the simulations
+    require(os.access(out, os.W_OK), "--out", f"cannot write to {out}")
     t0 = time.monotonic()
     tty = sys.stderr.isatty() and not args.quiet
 
@@ -267,8 +275,8 @@ def add_parser(sub) -> None:
                        description="Simulate the paper's models on the five fabrics at each link "
                                    "speed; print the table, write results.parquet and figures.")
     r.add_argument("--study", choices=STUDIES, default="main")
-    r.add_argument("--quick", action="store_true", help="128 GPUs, 2 models, 100/400 Gbps (~1 min)")
-    r.add_argument("--out", help="output directory (default fabricsim-out/reproduce-STUDY)")
+    r.add_argument("--quick", action="store_true", help="128 GPUs, 2 models, 100/400 Gbps (~10 s)")
+    r.add_argument("--out", help="output directory (default fabricsim-out/reproduce-STUDY[-quick])")
     r.add_argument("--models", help="comma-separated subset of the paper's models")
     r.add_argument("--link-gbps", help="comma-separated link speeds (default 100,200,400,800)")
     r.add_argument("--fabrics", help=f"comma-separated subset of {','.join(FABRICS)}")

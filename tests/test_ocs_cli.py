@@ -32,3 +32,13 @@ def test_allocate_errors(tmp_path, capsys):
     assert err.startswith("fabricsim: error: --demand") and "square" in err
     assert main(["ocs", "allocate", "--demand", str(tmp_path / "none.npy")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_allocate_alpha_and_bound_format(tmp_path, capsys):
+    path = tmp_path / "w.npy"
+    np.save(path, REFERENCE_MATRIX)
+    assert main(["ocs", "allocate", "--demand", str(path), "--alpha", "9"]) == 2
+    assert "--alpha" in capsys.readouterr().err
+    assert main(["ocs", "allocate", "--demand", str(path), "--variant", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "us" in out and "0.001 ms" not in out   # small bounds keep their digits

@@ -82,3 +82,20 @@ def test_figures(tmp_path):
     assert [p.rsplit("/", 1)[1] for p in paths] == ["iteration_time.png", "cost_vs_size.png",
                                                     "pareto.png"]
     assert all((tmp_path / p.rsplit("/", 1)[1]).stat().st_size > 1000 for p in paths)
+
+
+def test_cli_input_errors_come_before_any_simulation(tmp_path, capsys):
+    assert main(["reproduce", "--quick", "--link-gbps", "abc", "--out", str(tmp_path)]) == 2
+    assert "--link-gbps" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["reproduce", "--quick", "--out", str(blocker)]) == 2
+    assert capsys.readouterr().err.startswith("fabricsim: error: ")
+    for bad in (dict(link_gbps=0), dict(link_gbps=-5.0), dict(alpha=9), dict(gpus=0)):
+        with pytest.raises(ConfigError):
+            Point(**bad)
+
+
+def test_unpriced_link_speed_still_simulates():
+    row = run_point(Point(fabric="fattree", link_gbps=300, **SMALL))
+    assert row["iteration_time_s"] > 0 and math.isnan(row["network_cost_usd"])
