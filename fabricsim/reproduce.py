@@ -36,7 +36,7 @@ import sys
 import time
 
 from fabricsim.errors import ConfigError, require
-from fabricsim.experiment import FABRICS, PAPER_PARALLELISM, Point
+from fabricsim.experiment import _COST_NAME, FABRICS, PAPER_PARALLELISM, Point
 
 __all__ = ["STUDIES", "study_points", "run_study", "add_parser"]
 
@@ -168,6 +168,14 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def _save(plt, fig, out_dir: str, name: str) -> str:
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot(rows: list, out_dir: str) -> list:
     """Figures (PNG) in ``out_dir``; [] when matplotlib is not installed."""
     try:
@@ -191,26 +199,18 @@ def plot(rows: list, out_dir: str) -> list:
         ax.set_xlabel("link speed (Gbps)")
         ax.set_ylabel("iteration time (s)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "iteration_time.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir, "iteration_time.png"))
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     servers = [128, 256, 512, 1024, 2048, 4096]
-    cost_names = {"fattree": "fat_tree", "oversub": "fat_tree_3to1", "railopt": "rail_optimized",
-                  "topoopt": "topoopt", "mixnet": "mixnet"}
     for f in FABRICS:
-        ax.plot(servers, [network_cost_usd(cost_names[f], 8 * s, 400) / 1e6 for s in servers],
+        ax.plot(servers, [network_cost_usd(_COST_NAME[f], 8 * s, 400) / 1e6 for s in servers],
                 marker="o", label=f)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("servers (8 GPUs, 400 Gbps)")
     ax.set_ylabel("network cost (M$)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "cost_vs_size.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir, "cost_vs_size.png"))
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for f in FABRICS:
@@ -221,10 +221,7 @@ def plot(rows: list, out_dir: str) -> list:
     ax.set_ylabel("iterations per second")
     ax.set_title("performance vs cost (upper left is better)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "pareto.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir, "pareto.png"))
     return paths
 
 
