@@ -24,10 +24,10 @@ from typing import Optional
 
 from fabricsim.errors import require
 
-__all__ = ["Point", "run_point", "FABRICS", "PAPER_PARALLELISM", "point_id"]
+__all__ = ["Point", "run_point", "FABRICS", "PAPER_PARALLELISM", "point_id", "COST_NAMES"]
 
 FABRICS = ("fattree", "oversub", "railopt", "topoopt", "mixnet")
-_COST_NAME = {"fattree": "fat_tree", "oversub": "fat_tree_3to1", "railopt": "rail_optimized",
+COST_NAMES = {"fattree": "fat_tree", "oversub": "fat_tree_3to1", "railopt": "rail_optimized",
               "topoopt": "topoopt", "mixnet": "mixnet"}
 
 #: The paper's parallel configurations at 1024 GPUs (reference section 6.2): tp, ep, pp (dp is
@@ -178,7 +178,7 @@ def _cost(point: Point) -> float:
 
     if point.link_gbps not in SPEEDS_GBPS:
         return float("nan")
-    return network_cost_usd(_COST_NAME[point.fabric], point.gpus, point.link_gbps,
+    return network_cost_usd(COST_NAMES[point.fabric], point.gpus, point.link_gbps,
                             alpha=point.alpha)
 
 

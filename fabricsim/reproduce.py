@@ -36,7 +36,7 @@ import sys
 import time
 
 from fabricsim.errors import ConfigError, require
-from fabricsim.experiment import _COST_NAME, FABRICS, PAPER_PARALLELISM, Point
+from fabricsim.experiment import COST_NAMES, FABRICS, PAPER_PARALLELISM, Point
 
 __all__ = ["STUDIES", "study_points", "run_study", "add_parser"]
 
@@ -204,7 +204,7 @@ def plot(rows: list, out_dir: str) -> list:
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     servers = [128, 256, 512, 1024, 2048, 4096]
     for f in FABRICS:
-        ax.plot(servers, [network_cost_usd(_COST_NAME[f], 8 * s, 400) / 1e6 for s in servers],
+        ax.plot(servers, [network_cost_usd(COST_NAMES[f], 8 * s, 400) / 1e6 for s in servers],
                 marker="o", label=f)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("servers (8 GPUs, 400 Gbps)")
