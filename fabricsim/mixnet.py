@@ -83,6 +83,8 @@ class MixNetRouting:
         c = self.circuits if circuits is None else circuits
         r = self.region_servers
         row = c[server // r, server % r]
+        if row.max() <= 0:  # routed without circuits (PP, DP): relay over the initial ones
+            row = self.circuits[server // r, server % r]
         if row.max() <= 0:
             raise ConfigError("failures", f"server {server} has no working EPS NIC and no circuit "
                               "to a region peer to relay through")

@@ -185,7 +185,9 @@ class _Isolated:
         rank = np.empty(first.size, np.int64)
         rank[np.argsort(first)] = np.arange(first.size)
         h = hashlib.blake2b(digest_size=16)
-        for a in (rp, rank[inverse], size, capacity_bps[rl], self.fabric.links.delay_ps[rl]):
+        back = self.fabric.links.reverse[rl]  # the packet engine's ACK path
+        for a in (rp, rank[inverse], size, capacity_bps[rl], self.fabric.links.delay_ps[rl],
+                  capacity_bps[back], self.fabric.links.delay_ps[back]):
             h.update(np.ascontiguousarray(a).tobytes())
         key = h.digest()
         if key not in self.memo:

@@ -273,7 +273,10 @@ def test_lm_head_sits_between_the_forward_and_the_backward_all_to_alls(small):
     first_bwd = bwd[small.layer[bwd] == last]
     for t in first_bwd.tolist():
         preds = small.pred[small.pred_ptr[t]:small.pred_ptr[t + 1]]
-        assert set(small.op[preds].tolist()) == {OP["lm_head"]}
+        compute = preds[small.kind[preds] == COMPUTE]
+        assert set(small.op[compute].tolist()) == {OP["lm_head"]}
+        # the only other predecessor: the group's previous all-to-all (one stream per group)
+        assert set(small.op[preds[small.kind[preds] != COMPUTE]].tolist()) <= {OP["ep_combine"]}
 
 
 @pytest.mark.parametrize("change, field", [
@@ -290,3 +293,12 @@ def test_bad_workload_config(change, field):
     with pytest.raises(ConfigError) as e:
         WorkloadConfig(**{**SMALL.to_dict(), **change})
     assert e.value.field == field
+
+
+def test_an_ep_groups_all_to_alls_run_in_issue_order(small):
+    a2a = np.flatnonzero(np.isin(small.op, [OP["ep_dispatch"], OP["ep_combine"],
+                                            OP["ep_combine_bwd"], OP["ep_dispatch_bwd"]]))
+    for key in {(small.stage[t], small.dp_rank[t]) for t in a2a}:
+        mine = [t for t in a2a if (small.stage[t], small.dp_rank[t]) == key]
+        for a, b in zip(mine, mine[1:]):
+            assert a in small.pred[small.pred_ptr[b]:small.pred_ptr[b + 1]]

@@ -75,6 +75,8 @@ class RegionalController:
         r = rt.region_servers
         self.current = rt.circuits.copy()
         self.busy_until = np.zeros(rt.n_regions, np.int64)
+        self.in_flight = np.zeros(rt.n_regions, np.int64)  # all-to-alls ready or running
+        self.pending = [dict() for _ in range(rt.n_regions)]  # served task -> (cfg, key, phase)
         self.last_key = [None] * rt.n_regions
         self.configs = []  # (region, int64[R, R])
         self.task_group = np.full(graph.n_tasks, -1, np.int64)
@@ -122,11 +124,19 @@ class RegionalController:
     def _plan_sequences(self, a2a) -> None:
         """Which configuration each all-to-all runs on, region by region, in execution order."""
         g = self.graph
-        self.trigger = {}  # task -> list of (kind, region, config); kind "ready" | "start" | "done"
+        # task -> [(kind, region, config, key, served task)]; kind "ready" | "start" | "done":
+        # when the task becomes ready, starts computing or is done, the region re-wires for the
+        # served all-to-all (at once if the region's OCS is idle, else when it becomes idle)
+        self.trigger = {}
+        self.next_a2a = {}
         state = {reg: self._add_config(reg, self.rt.circuits[reg]) for reg in range(self.rt.n_regions)}
         prev_actual = {}
+        last = {}
         for t in a2a.tolist():  # task ids follow each region's execution order
             reg = int(self.task_region[t])
+            if reg in last:
+                self.next_a2a[last[reg]] = t
+            last[reg] = t
             key = (reg, int(g.layer[t]), int(g.micro_batch[t]))
             op = OPS[g.op[t]]
             if self.policy == "static":
@@ -134,39 +144,44 @@ class RegionalController:
                 continue
             exact = self.exact[key]
             if op == "ep_dispatch" and self.policy == "oracle-blocking":
-                self.trigger.setdefault(t, []).append(("ready", reg, exact, key))
+                self.trigger.setdefault(t, []).append(("ready", reg, exact, key, t))
                 state[reg] = exact
             elif op == "ep_dispatch":
-                if self.policy == "predict":
-                    cfg = self._predicted(reg, key, prev_actual.get(reg))
+                if self.policy == "predict":  # from the same micro-batch's previous layer only
+                    cfg = self._predicted(reg, key, prev_actual.get((reg, key[2])))
                     if cfg is not None:
                         feeder = self._first_compute_pred(t)
-                        self.trigger.setdefault(feeder, []).append(("start", reg, cfg, None))
+                        self.trigger.setdefault(feeder if feeder >= 0 else t, []).append(
+                            ("start" if feeder >= 0 else "ready", reg, cfg, None, t))
                         state[reg] = cfg
                 self.task_group[t] = state[reg]
-                self.trigger.setdefault(t, []).append(("done", reg, exact, key))
+                # the combine after it runs on the exact configuration
+                self.trigger.setdefault(t, []).append(("done", reg, exact, key, t))
                 state[reg] = exact
-                prev_actual[reg] = key
+                prev_actual[(reg, key[2])] = key
                 continue
             elif op == "ep_combine_bwd":
                 feeder = self._first_compute_pred(t)
                 self.trigger.setdefault(feeder if feeder >= 0 else t, []).append(
-                    ("start" if feeder >= 0 else "ready", reg, exact, key))
+                    ("start" if feeder >= 0 else "ready", reg, exact, key, t))
                 state[reg] = exact
             self.task_group[t] = state[reg]
 
-    def _first_compute_pred(self, task) -> int:
-        """The earliest-created compute task among ``task``'s predecessors (-1 if none)."""
+    def _first_compute_pred(self, task, depth: int = 3) -> int:
+        """The earliest-created computation feeding ``task``: among its predecessors, else through
+        up to ``depth`` levels of communication (a TP all-reduce, a PP transfer from the next
+        stage, whose computation is then the "later layer" the re-wiring hides behind); -1 if
+        none."""
         g = self.graph
-        preds = g.pred[g.pred_ptr[task]:g.pred_ptr[task + 1]]
-        comp = preds[g.kind[preds] == COMPUTE]
-        if comp.size:
-            return int(comp.min())
-        for p in preds.tolist():  # through a TP all-reduce
-            pp = g.pred[g.pred_ptr[p]:g.pred_ptr[p + 1]]
-            comp = pp[g.kind[pp] == COMPUTE]
+        frontier = np.array([task])
+        for _ in range(depth):
+            preds = np.concatenate([g.pred[g.pred_ptr[p]:g.pred_ptr[p + 1]] for p in frontier])
+            if not preds.size:
+                return -1
+            comp = preds[g.kind[preds] == COMPUTE]
             if comp.size:
                 return int(comp.min())
+            frontier = np.unique(preds)
         return -1
 
     def _predicted(self, region, key, prev_key):
@@ -242,30 +257,48 @@ class RegionalController:
         return changes
 
     def _fire(self, task, kind, t):
+        """Re-wirings triggered by ``task`` (``kind``): now if the region's OCS is idle, else
+        deferred until its all-to-all in flight is done."""
         changes = []
-        for k, reg, cfg, key in self.trigger.get(task, ()):
-            if k == kind:
-                phase = OPS[self.graph.op[task]] if kind != "start" else "compute-start"
+        for k, reg, cfg, key, served in self.trigger.get(task, ()):
+            if k != kind:
+                continue
+            phase = OPS[self.graph.op[task]] if kind != "start" else "compute-start"
+            if self.in_flight[reg] and served != task:
+                self.pending[reg][served] = (cfg, key, phase)
+            else:
                 changes += self._reconfigure(reg, cfg, t, key, phase)
         return changes
 
+    def _start_pending(self, reg, served, t):
+        item = self.pending[reg].pop(served, None)
+        return self._reconfigure(reg, item[0], t, item[1], item[2]) if item else []
+
     def on_comm_ready(self, task, t):
         """``(start_ps, capacity changes)`` of a communication task ready at ``t``."""
-        changes = self._fire(task, "ready", t)
         reg = self.task_region[task]
-        go = t
-        if reg >= 0:
-            if changes and self.graph.op[task] == _OP["ep_dispatch"]:
-                go = int(self.busy_until[reg]) + _SLACK_PS
-            else:
-                go = max(t, int(self.busy_until[reg]))
-        return go, changes
+        if reg < 0:
+            return t, []
+        changes = self._start_pending(reg, task, t)  # deferred while the previous one ran
+        changes += self._fire(task, "ready", t)
+        self.in_flight[reg] += 1
+        if changes and self.graph.op[task] == _OP["ep_dispatch"]:
+            return int(self.busy_until[reg]) + _SLACK_PS, changes
+        return max(t, int(self.busy_until[reg])), changes
 
     def on_compute_start(self, task, t):
         return self._fire(task, "start", t)
 
     def on_task_done(self, task, t):
-        return self._fire(task, "done", t)
+        reg = self.task_region[task]
+        changes = []
+        if reg >= 0:
+            self.in_flight[reg] -= 1
+            changes += self._fire(task, "done", t)
+            nxt = self.next_a2a.get(task)
+            if nxt is not None and not self.in_flight[reg]:
+                changes += self._start_pending(reg, nxt, t)  # hides behind the computation
+        return changes
 
 
 def make_controller(policy: str = "oracle-blocking", *, delay_ms: float = 25.0, **kw):

@@ -21,7 +21,9 @@ end        ``dp_reduce`` -> ``dp_ring`` -> ``dp_broadcast``: gradients, per stag
 Compute tasks run on one GPU each, in the
 schedule's order (each depends on the previous compute task of its GPU: one compute stream per
 GPU); a collective (all-to-all, all-reduce) waits for every member and every member's next task
-waits for it. Byte formulas: :mod:`fabricsim.workload.traffic`.
+waits for it. An EP group's all-to-alls also run one after another in issue order (one
+communicator stream per group, as NCCL runs collectives of one communicator), so a region's OCS
+carries one all-to-all at a time. Byte formulas: :mod:`fabricsim.workload.traffic`.
 
 Pipeline schedules: ``1f1b`` (default: Megatron-LM's schedule and what production MoE training
 uses; the same bubble as GPipe with at most pp micro-batches of activations in flight) and
@@ -361,6 +363,7 @@ class _GraphBuilder:
         self.mat_index = {}
         self.bytes_per_token = model.hidden * config.dtype_bytes
         self.times = {}
+        self.last_a2a = {}
 
     # ----- helpers ------------------------------------------------------------------------------
     def op_ps(self, op: str, phase: str) -> int:
@@ -413,6 +416,9 @@ class _GraphBuilder:
                            layer=layer, micro_batch=mb, a2a_matrix=index,
                            a2a_transpose=transpose)[0])
         self.b.edge(need, t)
+        key = (stage, dp)  # one communicator per EP group: its all-to-alls run in issue order
+        self.b.edge(self.last_a2a.get(key, -1), t)
+        self.last_a2a[key] = t
         return t
 
     # ----- passes -------------------------------------------------------------------------------
