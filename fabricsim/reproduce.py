@@ -113,10 +113,11 @@ def write_results(rows: list, out_dir: str) -> str:
     import pyarrow.parquet as pq
 
     os.makedirs(out_dir, exist_ok=True)
+    from fabricsim.traces.schema import replaced_on_success
+
     path = os.path.join(out_dir, "results.parquet")
-    tmp = path + ".tmp"
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)
+    with replaced_on_success(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
     return path
 
 

@@ -100,16 +100,16 @@ class IterationResult:
 
         import pyarrow as pa
 
-        from fabricsim.traces.schema import metadata
+        from fabricsim.traces.schema import metadata, replaced_on_success
 
         os.makedirs(out_dir, exist_ok=True)
         paths = []
         for name, table in (("timeline.arrows", self.timeline()), ("ocs.arrows", self.ocs_table())):
             path = os.path.join(out_dir, name)
             table = table.replace_schema_metadata(metadata(scenario))
-            with pa.OSFile(path + ".tmp", "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+            with replaced_on_success(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
+                    pa.ipc.new_stream(sink, table.schema) as w:
                 w.write_table(table)
-            os.replace(path + ".tmp", path)
             paths.append(path)
         return paths
 

@@ -11,7 +11,7 @@ from fabricsim import traffic as traffic_mod
 from fabricsim.config import Scenario
 from fabricsim.simulate import FlowResult, simulate_flows
 from fabricsim.traces import RunTrace
-from fabricsim.traces.schema import SCHEMA_VERSION, _jsonable
+from fabricsim.traces.schema import SCHEMA_VERSION, _jsonable, replaced_on_success
 
 __all__ = ["run_scenario", "summarize"]
 
@@ -70,7 +70,6 @@ def run_scenario(scenario: Scenario, out_dir=None, progress=None) -> tuple[FlowR
         doc = {"schema_version": SCHEMA_VERSION, "scenario": resolved, "summary": summary,
                "files": {"flows": "flows.arrows", "links": "links.h5" if trace.links_path else None}}
         path = os.path.join(out_dir, "summary.json")
-        with open(path + ".tmp", "w") as f:
+        with replaced_on_success(path) as tmp, open(tmp, "w") as f:
             json.dump(_jsonable(doc), f, indent=2, sort_keys=True)
-        os.replace(path + ".tmp", path)
     return result, summary

@@ -680,20 +680,16 @@ def execute(points: list, *, workers: Optional[int] = None, scheduler=None,
 
 
 def _atomic_write(path: str, write) -> None:
+    """``write(file)`` to a hidden temporary beside ``path`` (pyarrow datasets skip names that
+    start with "."), flushed to disk, then renamed to ``path``."""
+    from fabricsim.traces.schema import replaced_on_success
+
     d, base = os.path.split(path)
-    tmp = os.path.join(d, f".{base}.{os.getpid()}.tmp")
-    try:
+    with replaced_on_success(path, os.path.join(d, f".{base}.{os.getpid()}.tmp")) as tmp:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _write_json(path: str, obj) -> None:

@@ -374,3 +374,17 @@ def test_killed_run_leaves_readable_traces(tmp_path):
         code = main(["trace", "show", str(flows)])
     assert code == 0, errbuf.getvalue()
     assert f"flows           {table.num_rows:,}" in outbuf.getvalue()
+
+
+def test_replaced_on_success(tmp_path):
+    from fabricsim.traces.schema import replaced_on_success
+
+    path = tmp_path / "r.txt"
+    with replaced_on_success(path) as tmp:
+        open(tmp, "w").write("ok")
+    assert path.read_text() == "ok" and sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]
+    with pytest.raises(RuntimeError):
+        with replaced_on_success(path) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "ok" and sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fabricsim.traces.schema import Closeable, metadata
+from fabricsim.traces.schema import Closeable, metadata, replaced_on_success
 
 __all__ = ["FLOW_SCHEMA", "FlowTraceWriter", "read_flow_trace", "to_parquet", "PATH_KIND_NAMES"]
 
@@ -102,7 +102,6 @@ def to_parquet(path, out=None) -> str:
     table = read_flow_trace(path)
     src = os.fspath(path)
     out = os.fspath(out) if out is not None else os.path.splitext(src)[0] + ".parquet"
-    tmp = out + ".tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    with replaced_on_success(out) as tmp:
+        pq.write_table(table, tmp)
     return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 
 import numpy as np
 
@@ -23,6 +25,22 @@ def _jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+@contextlib.contextmanager
+def replaced_on_success(path, tmp=None):
+    """Yield a temporary path to write ``path`` to: renamed to ``path`` when the block succeeds,
+    removed when it fails, so a killed or failed writer never leaves a corrupt result file.
+    ``tmp`` defaults to ``path + ".tmp"``."""
+    path = os.fspath(path)
+    tmp = path + ".tmp" if tmp is None else tmp
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def scenario_json(scenario: dict | None) -> str:

@@ -795,7 +795,7 @@ def write_trace(path, load: ExpertLoad, *, iterations: int, micro_batches: int, 
     ``fabricsim.expert_load`` (``load.describe()`` as JSON). Written to ``path + ".tmp"``, then
     renamed. Returns the number of rows written.
     """
-    from fabricsim.traces.schema import metadata
+    from fabricsim.traces.schema import metadata, replaced_on_success
 
     fmt = _trace_format(path)
     iterations = _int_param(iterations, "gating.iterations", minimum=1)
@@ -803,10 +803,9 @@ def write_trace(path, load: ExpertLoad, *, iterations: int, micro_batches: int, 
     layers = _int_param(layers, "gating.layers", minimum=1)
     meta = {**metadata(scenario), EXPERT_LOAD_KEY: json.dumps(load.describe(), sort_keys=True)}
     path = os.fspath(path)
-    tmp = path + ".tmp"
     rows = 0
     batches = _trace_batches(load, iterations, micro_batches, layers)
-    try:
+    with replaced_on_success(path) as tmp:
         if fmt == "hdf5":
             import h5py
             with h5py.File(tmp, "w") as f:
@@ -834,9 +833,4 @@ def write_trace(path, load: ExpertLoad, *, iterations: int, micro_batches: int, 
                 for b in batches:
                     writer.write_batch(pa.record_batch([b[n] for n in TRACE_COLUMNS], schema=schema))
                     rows += b["tokens"].size
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return rows
