@@ -16,8 +16,9 @@ from fabricsim.errors import FabricsimError
 __all__ = ["main"]
 
 
-def _fmt_time(ps) -> str:
-    if ps is None or ps < 0:
+def format_time(ps) -> str:
+    """A time in picoseconds in a readable unit ("n/a" for None, negative or NaN)."""
+    if ps is None or not ps >= 0:
         return "n/a"
     s = ps * 1e-12
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
@@ -43,7 +44,7 @@ class _Progress:
             return
         self.last = t
         self.shown = True
-        sys.stderr.write(f"\r  {done:,}/{total:,} flows done, simulated {_fmt_time(now_ps)}, "
+        sys.stderr.write(f"\r  {done:,}/{total:,} flows done, simulated {format_time(now_ps)}, "
                          f"{t - self.t0:.1f} s   ")
         sys.stderr.flush()
 
@@ -79,11 +80,11 @@ def _cmd_run(args) -> int:
            else f"DCTCP, {scenario.packet.mtu_bytes} B packets")
     print(f"engine       {scenario.run.engine} ({how}): {stats['wall_s']:.2f} s wall, {stats['events']:,} events")
     status = "" if s["status"] == "done" else f"  [{s['status']}: {s['flows'] - s['flows_finished']:,} flows unfinished]"
-    print(f"completion   {_fmt_time(s['completion_ps'])}{status}")
+    print(f"completion   {format_time(s['completion_ps'])}{status}")
     if s["host_gbps_mean"] is not None:
         print(f"throughput   per sending host: mean {s['host_gbps_mean']:.2f} Gbps, "
               f"min {s['host_gbps_min']:.2f} Gbps ({s['senders']} senders)")
-    print(f"FCT          p50 {_fmt_time(s['fct_p50_ps'])}, p99 {_fmt_time(s['fct_p99_ps'])}")
+    print(f"FCT          p50 {format_time(s['fct_p50_ps'])}, p99 {format_time(s['fct_p99_ps'])}")
     if scenario.run.engine == "packet":
         mtu = scenario.packet.mtu_bytes
         print(f"packets      {stats['data_link_hops']:,} data link-hops, {stats['retransmissions']:,} "
@@ -123,10 +124,10 @@ def _cmd_trace_show(args) -> int:
         print(f"bytes           {int(table.column('size_bytes').to_numpy().sum()):,}")
         if done.any():
             fct = (finish - start)[done]
-            print(f"first start     {_fmt_time(int(start.min()))}")
-            print(f"last finish     {_fmt_time(int(finish[done].max()))}")
-            print(f"FCT             p50 {_fmt_time(float(np.percentile(fct, 50)))}, "
-                  f"p99 {_fmt_time(float(np.percentile(fct, 99)))}, max {_fmt_time(int(fct.max()))}")
+            print(f"first start     {format_time(int(start.min()))}")
+            print(f"last finish     {format_time(int(finish[done].max()))}")
+            print(f"FCT             p50 {format_time(float(np.percentile(fct, 50)))}, "
+                  f"p99 {format_time(float(np.percentile(fct, 99)))}, max {format_time(int(fct.max()))}")
         kinds = table.column("path_kind").to_pandas().value_counts() if _has_pandas() else None
         if kinds is not None:
             print("path kinds      " + ", ".join(f"{k} {v:,}" for k, v in kinds.items() if v))

@@ -11,6 +11,7 @@ def _cmd_allocate(args) -> int:
     from fabricsim.ocs.allocate import VARIANTS, allocate_circuits, completion_bound
     from fabricsim.traffic import read_matrix
 
+    from fabricsim.cli import format_time
     from fabricsim.errors import require
 
     require(0 <= args.alpha <= 7, "--alpha", f"must be an integer 0 .. 7 (at least one of a "
@@ -32,21 +33,11 @@ def _cmd_allocate(args) -> int:
           f"alpha {args.alpha}, {args.link_gbps:g} Gbps per circuit, EPS {eps_gbps:g} Gbps per server")
     for variant, (c, b) in rows.items():
         print(f"\n{variant}: {int(c.sum() // 2)} circuits, all-to-all completion bound "
-              f"{_fmt_seconds(b)}")
+              f"{format_time(b * 1e12)}")
         width = max(2, len(str(int(c.max()))) + 1)
         for row in c:
             print("  " + "".join(f"{int(x):>{width}}" for x in row))
     return 0
-
-
-def _fmt_seconds(s: float) -> str:
-    """Four significant figures in a readable unit."""
-    if s != s:
-        return "n/a"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
-        if s >= scale:
-            return f"{s / scale:.4g} {unit}"
-    return f"{s:.4g} s"
 
 
 def add_parser(sub) -> None:
