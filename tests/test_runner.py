@@ -180,3 +180,16 @@ def test_relay_works_under_a_controller():
     fab = apply_failures(mixnet(2, 100, region_servers=2, alpha=7), ["nic:0:eps"])
     r = run_iteration(build_iteration(cfg), fab, controller=make_controller(delay_ms=1))
     assert np.all(r.finish_ps >= 0)
+
+
+def test_predict_policy_with_a_trained_predictor():
+    """MixNet-Copilot: FP-1 runs on circuits predicted from the previous layer (fitted over the
+    iterations before), then the region re-wires to the exact demand."""
+    from fabricsim.experiment import Point, run_point
+
+    base = dict(model="mixtral-8x7b", fabric="mixnet", gpus=32, tp=2, ep=8, pp=2, micro_batch=1,
+                seq_len=512, gating="synthetic", mode="exact")
+    pred = run_point(Point(policy="predict", **base))
+    reuse = run_point(Point(policy="reuse-previous", **base))
+    assert pred["reconfigurations"] > reuse["reconfigurations"] > 0
+    assert pred["iteration_time_s"] >= pred["compute_bound_s"]

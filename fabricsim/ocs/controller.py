@@ -82,14 +82,16 @@ class RegionalController:
         self.task_group = np.full(graph.n_tasks, -1, np.int64)
         self.task_region = np.full(graph.n_tasks, -1, np.int64)
         self.exact = {}  # (region, layer, micro_batch) -> config index
+        self.dispatch = {}  # (region, layer, micro_batch) -> its ep_dispatch task
         a2a = np.flatnonzero(np.isin(graph.op, _A2A))
         for t in a2a.tolist():
-            src, dst, size = graph.flows(t)
             servers = rt.host_server[graph.placement.gpu(graph.stage[t], graph.dp_rank[t], 0, 0)]
             region = int(servers // r)
             self.task_region[t] = region
             if graph.op[t] != _OP["ep_dispatch"]:
                 continue
+            self.dispatch[(region, int(graph.layer[t]), int(graph.micro_batch[t]))] = t
+            src, dst, size = graph.flows(t)
             d = np.zeros((r, r))
             np.add.at(d, (rt.host_server[src] - region * r, rt.host_server[dst] - region * r), size)
             require(np.all(rt.host_server[src] // r == region) and np.all(rt.host_server[dst] // r == region),
@@ -189,16 +191,9 @@ class RegionalController:
         if self.predictor is None or prev_key is None:
             return None
         g, r = self.graph, self.rt.region_servers
-        ep_prev = g.a2a_tokens[g.a2a_matrix[self._dispatch_task(prev_key)]]
+        ep_prev = g.a2a_tokens[g.a2a_matrix[self.dispatch[prev_key]]]
         pred = self.predictor.predict_matrix(key[1] - g.placement.model.dense_layers, ep_prev)
         return self._add_config(region, self._allocate(self._rank_to_server(pred, r), region))
-
-    def _dispatch_task(self, key):
-        g = self.graph
-        reg, layer, mb = key
-        cand = np.flatnonzero((g.op == _OP["ep_dispatch"]) & (g.layer == layer)
-                              & (g.micro_batch == mb) & (self.task_region == reg))
-        return int(cand[0])
 
     def _rank_to_server(self, rank_tokens, r):
         """Server-level demand (``[R, R]`` bytes) of a rank-level token matrix."""
