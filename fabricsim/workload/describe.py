@@ -48,6 +48,6 @@ def describe(config: WorkloadConfig, graph=None) -> dict:
         "tasks": graph.n_tasks,
         "tasks_by_op": {name: int(n) for name, n in zip(OPS, ops) if n},
         "dependencies": int(graph.pred.size),
-        "gpu_profile": graph.compute.describe() if hasattr(graph.compute, "describe") else None,
+        "gpu_profile": graph.compute.describe(),
         "build_s": build_s,
     }
