@@ -52,13 +52,21 @@ if not CACHE_ENABLED:  # pragma: no cover - depends on the install
 _OPTIONS = dict(cache=CACHE_ENABLED, fastmath=False, nogil=True)
 
 
-def njit(*args, **kwargs):
+def njit(*args, refcount: bool = True, **kwargs):
     """``numba.njit`` with the project's options (cache, no fastmath, nogil).
 
     Usable bare (``@njit``) or with extra options (``@njit(inline="always")``).
+
+    ``refcount=False`` compiles without Numba's runtime (its ``_nrt`` flag): no reference counting
+    of the arrays a kernel handles. Every array variable copy and every call passing arrays costs
+    an atomic increment and decrement; in the packet engine's event loop they took about 40% of
+    the time (benchmarks/README.md, P1). Such a kernel may only index, slice and pass the arrays it
+    is given: Numba refuses to compile one that allocates (``np.empty``, ``np.sort``, ...).
     """
     options = dict(_OPTIONS)
     options.update(kwargs)
-    if len(args) == 1 and callable(args[0]) and not kwargs:
+    if not refcount:
+        options["_nrt"] = False
+    if len(args) == 1 and callable(args[0]) and not kwargs and refcount:
         return numba.njit(**options)(args[0])
     return numba.njit(*args, **options)
