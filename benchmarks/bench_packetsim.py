@@ -8,7 +8,8 @@
 Targets: >= 3x htsim's data link-hops/s at 128 hosts and >= 10x at 1024 hosts, with less memory.
 ``test_*`` time the warm engine (pytest-benchmark); ``python benchmarks/bench_packetsim.py`` runs each
 scenario in a fresh process and prints whole-process wall time, warm wall time, link-hops/s,
-events/s and peak memory (ru_maxrss).
+events/s, peak memory (ru_maxrss), the part of it the Python/Numba runtime takes before the run,
+and the engine state's own arrays (``stats["state_bytes"]``).
 """
 
 import json
@@ -54,8 +55,18 @@ def test_packet_engine(benchmark, name):
                                 events=s["events"])
 
 
+def _maxrss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child(name):
-    """Run one scenario in this process (cold), then again (warm); print JSON figures."""
+    """Run one scenario in this process (cold), then again (warm); print JSON figures.
+
+    Memory: the process's peak RSS, and the runtime's part of it (the RSS after importing
+    fabricsim and running a one-flow simulation, which loads the compiled engine)."""
+    fab, _, _, _ = scenario("P1")
+    simulate_flows(fab, [0], [5], 10_000, engine="packet", packet_params=PARAMS)
+    runtime_mib = _maxrss_mib()
     t0 = time.perf_counter()
     res = run(name)
     cold = time.perf_counter() - t0
@@ -66,14 +77,15 @@ def _child(name):
     print(json.dumps(dict(name=name, cold_s=cold, warm_s=warm, engine_s=s["wall_s"],
                           data_link_hops=s["data_link_hops"], all_link_hops=s["all_link_hops"],
                           events=s["events"], peak_packets=s["peak_packets"],
-                          maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                          maxrss_mib=_maxrss_mib(), runtime_mib=runtime_mib,
+                          state_mib=s["state_bytes"] / 2**20,
                           last_completion_ps=res.completion_ps)))
 
 
 def main(names):
     print("| scenario | process wall (s) | warm wall (s) | data link-hops | data hops/s | vs htsim | "
-          "all hops/s | events/s | peak memory (MiB) | htsim memory |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "all hops/s | events/s | peak RSS (MiB) | of which runtime | engine state (MiB) | htsim memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True,
@@ -84,7 +96,7 @@ def main(names):
         print(f"| {name} | {process_wall:.2f} | {r['warm_s']:.2f} | {r['data_link_hops'] / 1e6:.2f} M | "
               f"{rate / 1e6:.2f} M/s | {rate / HTSIM[name][1]:.1f}x | "
               f"{r['all_link_hops'] / r['engine_s'] / 1e6:.2f} M/s | {r['events'] / r['engine_s'] / 1e6:.2f} M/s | "
-              f"{r['maxrss_mib']:.0f} | {HTSIM[name][2]} |")
+              f"{r['maxrss_mib']:.0f} | {r['runtime_mib']:.0f} | {r['state_mib']:.1f} | {HTSIM[name][2]} |")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from fabricsim.errors import ConfigError, require
-from fabricsim.kernels.packetsim import PacketParams
+from fabricsim.kernels.packetsim import NIC_SCHEDULING, PacketParams
 
 _PACKET_DEFAULTS = PacketParams()
 
@@ -248,7 +248,9 @@ class PacketConfig:
     Defaults are the released MixNet simulator's: 9000 B packets including a 64 B header,
     10,000-packet buffers, ECN marking above 50 packets, initial window 10 packets, initial
     ssthresh 10,000 packets, minimum RTO 1 ms (initial RTO 1 s until the first RTT sample, as
-    RFC 6298), DCTCP g = 1/16.
+    RFC 6298), DCTCP g = 1/16, and senders queueing their packets FIFO on their NIC
+    (``nic_scheduling = "fifo"``; ``"round-robin"``: the NIC pulls one packet per ready flow in
+    turn, as an RDMA NIC arbitrates among queue pairs).
     """
 
     # Defaults come from the kernel's PacketParams (times converted from ps to us).
@@ -261,6 +263,7 @@ class PacketConfig:
     min_rto_us: float = _PACKET_DEFAULTS.min_rto_ps / 1e6
     init_rto_us: float = _PACKET_DEFAULTS.init_rto_ps / 1e6
     dctcp_g: float = _PACKET_DEFAULTS.dctcp_g
+    nic_scheduling: str = _PACKET_DEFAULTS.nic_scheduling
 
     def __post_init__(self):
         require(self.hdr_bytes >= 1, "packet.hdr_bytes", f"must be >= 1, got {self.hdr_bytes}")
@@ -272,6 +275,8 @@ class PacketConfig:
         require(self.min_rto_us > 0, "packet.min_rto_us", f"must be > 0, got {self.min_rto_us}")
         require(self.init_rto_us > 0, "packet.init_rto_us", f"must be > 0, got {self.init_rto_us}")
         require(0 < self.dctcp_g <= 1, "packet.dctcp_g", f"must lie in (0, 1], got {self.dctcp_g}")
+        require(self.nic_scheduling in NIC_SCHEDULING, "packet.nic_scheduling",
+                f"must be one of {', '.join(NIC_SCHEDULING)}, got {self.nic_scheduling!r}")
 
     def params(self):
         """The kernel's :class:`fabricsim.kernels.packetsim.PacketParams`."""
@@ -279,7 +284,8 @@ class PacketConfig:
                             buffer_pkts=self.buffer_pkts, ecn_k_pkts=self.ecn_k_pkts,
                             init_cwnd_pkts=self.init_cwnd_pkts, ssthresh_pkts=self.ssthresh_pkts,
                             min_rto_ps=int(round(self.min_rto_us * 1e6)),
-                            init_rto_ps=int(round(self.init_rto_us * 1e6)), dctcp_g=self.dctcp_g)
+                            init_rto_ps=int(round(self.init_rto_us * 1e6)), dctcp_g=self.dctcp_g,
+                            nic_scheduling=self.nic_scheduling)
 
 
 @dataclass(frozen=True)

@@ -349,7 +349,8 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
     fi, lk = st.fi, st.lk
     stats = dict(events=int(c[packetsim.C_EVENTS]), data_link_hops=int(c[packetsim.C_DATA_HOPS]),
                  all_link_hops=int(c[packetsim.C_ALL_HOPS]), peak_packets=int(c[packetsim.C_PEAK_PKTS]),
-                 pool_grows=grows, wall_s=wall, retransmissions=int(fi[:, packetsim.F_RETX].sum()),
+                 pool_grows=grows, state_bytes=packetsim.state_bytes(st), wall_s=wall,
+                 retransmissions=int(fi[:, packetsim.F_RETX].sum()),
                  ecn_marks=int(lk[:, packetsim.L_MARKS].sum()), drops=int(lk[:, packetsim.L_DROPS].sum()),
                  peak_queue_bytes=int(lk[:, packetsim.L_PEAK].max()) if lk.shape[0] else 0)
     extra = dict(flow_data_pkts=fi[:, packetsim.F_SENT].copy(), flow_retx=fi[:, packetsim.F_RETX].copy(),
@@ -536,4 +537,5 @@ class PacketSession:
                     ecn_marks=int(lk[:, ps.L_MARKS].sum()), drops=int(lk[:, ps.L_DROPS].sum()),
                     data_link_hops=int(c[ps.C_DATA_HOPS]), all_link_hops=int(c[ps.C_ALL_HOPS]),
                     peak_packets=int(c[ps.C_PEAK_PKTS]), pool_grows=self.grows,
+                    state_bytes=ps.state_bytes(self.st),
                     peak_queue_bytes=int(lk[:, ps.L_PEAK].max()) if lk.shape[0] else 0)

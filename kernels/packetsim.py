@@ -88,6 +88,24 @@ Sender (DCTCP over NewReno-style TCP, window in bytes, float64):
   ``dupacks = 0``, ``next_seq = acked`` (go-back-N), then ``send`` (which re-arms it at
   ``now + rto``).
 
+NIC scheduling (``nic_scheduling``). ``"fifo"`` (the default; htsim's): ``send`` puts every data
+packet the window allows into the flow's first link's FIFO at once, as above. ``"round-robin"``:
+data packets wait at the sender until the first link of the flow's route pulls them, like an RDMA
+NIC arbitrating among its queue pairs. Each link keeps a ring of *ready* flows (flows whose first
+link it is and which it may still have a packet of). When ``send`` is called and the window allows
+a packet, it sends nothing but appends the flow to the tail of its first link's ring unless the
+flow is in it already, and then, if that link is idle (not serializing), has capacity > 0 and an empty queue, the link *pulls*. A pull: while
+the ring is not empty, take its head flow; if its window allows no packet (``next_seq < n_pkts``
+and ``(next_seq - acked + 1) * mss <= cwnd`` is false), remove it from the ring and go on;
+otherwise send its packet ``next_seq`` exactly as ``send`` does (arm the timer, enqueue it on the
+link, which starts serializing it; a retransmission if below the highest sequence sent), advance
+``next_seq``, then move the flow to the ring's tail if its window allows another packet, else
+remove it, and stop. A link pulls again when it finishes serializing a packet with its queue then
+empty and its capacity > 0 (after scheduling that packet's ARRIVE), and when a capacity event
+brings it up with an empty queue. ACKs and the targeted retransmissions (fast retransmit, partial
+ACK) still join the FIFO directly, so they go before pulled packets. ``burst`` and SEND events do
+not apply. A flow pulled this way is never queued behind other flows' packets at its own NIC.
+
 Scheduling order (it fixes ``seq``, hence the order of simultaneous events): sending a data packet
 first arms the timer (if unarmed) and then enqueues the packet (which may schedule its link's
 TX_DONE); a TX_DONE schedules the packet's ARRIVE and then the link's next TX_DONE; a receiver
@@ -133,8 +151,9 @@ import numpy as np
 from fabricsim._jit import njit
 from fabricsim.kernels.triggers import fire, no_triggers
 
-__all__ = ["PacketState", "PacketParams", "new_state", "advance", "grow", "next_event_time", "inject",
-           "grow_events", "quiescent", "DONE", "PAUSED", "GROW", "DEADLOCK", "QUIET"]
+__all__ = ["PacketState", "PacketParams", "new_state", "advance", "grow", "state_bytes", "next_event_time",
+           "inject", "grow_events", "quiescent", "NIC_SCHEDULING", "DONE", "PAUSED", "GROW", "DEADLOCK",
+           "QUIET"]
 
 INF_PS = np.iinfo(np.int64).max
 MAX_RTO_PS = 60 * 10**12  # backoff ceiling: 60 s
@@ -149,7 +168,8 @@ C_N_WAITING, C_TM_SIZE, C_DATA_HOPS, C_ALL_HOPS, C_PEAK_PKTS = 7, 8, 9, 10, 11
 C_START_PTR, C_CAP_PTR, C_SD_HEAD, C_SD_COUNT, C_RD_HEAD, C_RD_COUNT = 12, 13, 14, 15, 16, 17
 C_N_TIMED, C_N_CAPS, C_OPEN = 18, 19, 20  # entries in start_order / ev_*; capacity changes may come
 # params[] indices
-K_MTU, K_HDR, K_BUFFER, K_ECN_K, K_INIT_CWND, K_SSTHRESH, K_MIN_RTO, K_BURST = range(8)
+K_MTU, K_HDR, K_BUFFER, K_ECN_K, K_INIT_CWND, K_SSTHRESH, K_MIN_RTO, K_BURST, K_NIC_RR = range(9)
+NIC_SCHEDULING = ("fifo", "round-robin")  # params[K_NIC_RR] is the index
 # packet columns; flags
 P_FS, P_MISC, P_TS, P_NEXT = range(4)  # (flow << 32 | seq), (size << 16 | hop << 8 | flags)
 PK_COLS = 4
@@ -157,11 +177,11 @@ MASK32 = 0xFFFFFFFF
 FL_ACK, FL_CE, FL_RETX = 1, 2, 4
 # link columns
 (L_HEAD, L_TAIL, L_QBYTES, L_BUSY, L_DATA, L_RETX, L_ACKS, L_MARKS, L_DROPS, L_PEAK, L_BYTES,
- L_CLASS, L_DELAY) = range(13)
+ L_CLASS, L_DELAY, L_RR_TAIL) = range(14)  # L_RR_TAIL: last flow of the ready ring (-1: empty)
 # flow columns
 (F_STATUS, F_NEXT, F_HIGH, F_SENDQ, F_ACKED, F_CUM, F_SEEN, F_MARKED, F_DUP, F_INREC, F_RECOVER,
  F_RTO, F_DEADLINE, F_ARMED, F_FINISH, F_SENT, F_RETX, F_MARKS, F_DROPS, F_NPKTS, F_BASE, F_START,
- F_SIZE, F_ROUTE, F_HOPS) = range(25)
+ F_SIZE, F_ROUTE, F_HOPS, F_RR_NEXT, F_READY) = range(27)  # F_RR_NEXT: next flow in the ready ring
 # window columns
 W_CWND, W_SSTH, W_ALPHA, W_SRTT, W_RTTVAR = range(5)
 # flow status
@@ -181,6 +201,7 @@ class PacketParams(NamedTuple):
     init_rto_ps: int = 1_000_000_000_000  # 1 s, until the first RTT sample (RFC 6298)
     dctcp_g: float = 1.0 / 16.0
     burst: int = 256
+    nic_scheduling: str = "fifo"  # or "round-robin" (see the module docstring)
 
 
 class PacketState(NamedTuple):
@@ -229,6 +250,9 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
     mss = params.mtu_bytes - params.hdr_bytes
     if mss <= 0:
         raise ValueError("packet_params: mtu_bytes must exceed hdr_bytes")
+    if params.nic_scheduling not in NIC_SCHEDULING:
+        raise ValueError(f"packet_params: nic_scheduling must be one of {', '.join(NIC_SCHEDULING)}, "
+                         f"not {params.nic_scheduling!r}")
     n_pkts = (size_bytes + mss - 1) // mss
     base = np.zeros(n_flows + 1, np.int64)
     np.cumsum(n_pkts, out=base[1:])
@@ -254,11 +278,13 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
     lk[:, L_TAIL] = -1
     lk[:, L_CLASS] = link_class.reshape(-1)
     lk[:, L_DELAY] = delay_ps
+    lk[:, L_RR_TAIL] = -1
     pk = np.zeros((pool_cap, PK_COLS), np.int64)
     pk[:, P_NEXT] = np.append(np.arange(1, pool_cap, dtype=np.int64), -1)
     p = np.array([params.mtu_bytes, params.hdr_bytes, params.buffer_pkts * params.mtu_bytes,
                   params.ecn_k_pkts * params.mtu_bytes, params.init_cwnd_pkts * mss,
-                  params.ssthresh_pkts * mss, params.min_rto_ps, params.burst], np.int64)
+                  params.ssthresh_pkts * mss, params.min_rto_ps, params.burst,
+                  NIC_SCHEDULING.index(params.nic_scheduling)], np.int64)
     if triggers is None:
         triggers = no_triggers(n_flows)
     trig_kind, trig_need, trig_ptr, trig_targets, flow_trig = triggers
@@ -287,6 +313,12 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
         ev_capacity_bps=np.array(ev_capacity_bps, np.float64),
         clock=clock, params=p, g=np.array([params.dctcp_g]),
     )
+
+
+def state_bytes(st: PacketState) -> int:
+    """Bytes of every array of the engine state (routes and the packet pool included): the
+    simulation's own memory, without the interpreter's."""
+    return int(sum(a.nbytes for a in st))
 
 
 def grow(st: PacketState) -> PacketState:
@@ -550,12 +582,33 @@ def _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, seq, now
     _enqueue(pk, lk, lcap, fi, tx, clock, params, p, route_links[fi[f, F_ROUTE]], now)
 
 
+@njit(inline="always")
+def _window_allows(fi, ff, f, mss):
+    """Flow ``f`` has a packet to send and its window (``mss`` an int) allows it."""
+    return fi[f, F_NEXT] < fi[f, F_NPKTS] and (fi[f, F_NEXT] - fi[f, F_ACKED] + 1) * mss <= ff[f, W_CWND]
+
+
 @njit(refcount=False)
 def _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now):
-    """Send new packets while the window allows, at most ``burst`` now (the rest in a SEND event)."""
+    """Send new packets while the window allows, at most ``burst`` now (the rest in a SEND event);
+    in round-robin NIC mode, make the flow ready on its first link instead (and pull if idle)."""
     mss = params[K_MTU] - params[K_HDR]
+    if params[K_NIC_RR]:
+        if fi[f, F_READY] == 0 and _window_allows(fi, ff, f, mss):
+            l = route_links[fi[f, F_ROUTE]]
+            tail = lk[l, L_RR_TAIL]  # the ready ring: a circular list through F_RR_NEXT
+            if tail < 0:
+                fi[f, F_RR_NEXT] = f
+            else:
+                fi[f, F_RR_NEXT] = fi[tail, F_RR_NEXT]
+                fi[tail, F_RR_NEXT] = f
+            lk[l, L_RR_TAIL] = f
+            fi[f, F_READY] = 1
+            if lk[l, L_BUSY] == 0 and lk[l, L_HEAD] < 0 and lcap[l] > 0.0:
+                _pull(pk, lk, lcap, fi, ff, tx, tm, clock, params, route_links, l, now)
+        return
     sent = 0
-    while fi[f, F_NEXT] < fi[f, F_NPKTS] and (fi[f, F_NEXT] - fi[f, F_ACKED] + 1) * mss <= ff[f, W_CWND]:
+    while _window_allows(fi, ff, f, mss):
         if sent == params[K_BURST]:
             if fi[f, F_SENDQ] == 0:
                 fi[f, F_SENDQ] = 1
@@ -572,6 +625,34 @@ def _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now):
         if seq + 1 > fi[f, F_HIGH]:
             fi[f, F_HIGH] = seq + 1
         sent += 1
+
+
+@njit(refcount=False)
+def _pull(pk, lk, lcap, fi, ff, tx, tm, clock, params, route_links, l, now):
+    """Idle link ``l`` with an empty queue sends one packet of the head of its ready ring (flows
+    without a packet the window allows leave the ring); the flow then goes to the ring's tail,
+    or leaves it if its window allows no other packet (round-robin NIC mode)."""
+    mss = params[K_MTU] - params[K_HDR]
+    while lk[l, L_RR_TAIL] >= 0:
+        tail = lk[l, L_RR_TAIL]
+        f = fi[tail, F_RR_NEXT]  # the head
+        sent = _window_allows(fi, ff, f, mss)
+        if sent:
+            seq = fi[f, F_NEXT]
+            _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, seq, now, seq < fi[f, F_HIGH])
+            fi[f, F_NEXT] = seq + 1
+            if seq + 1 > fi[f, F_HIGH]:
+                fi[f, F_HIGH] = seq + 1
+            if _window_allows(fi, ff, f, mss):
+                lk[l, L_RR_TAIL] = f  # the head becomes the tail
+                return
+        fi[f, F_READY] = 0  # leaves the ring
+        if f == tail:
+            lk[l, L_RR_TAIL] = -1
+        else:
+            fi[tail, F_RR_NEXT] = fi[f, F_RR_NEXT]
+        if sent:
+            return
 
 
 @njit
@@ -897,6 +978,8 @@ def advance(st, until_ps, max_events, stop_on_finish=False):
             _heap_pop(tx, clock[C_TX_SIZE])
             clock[C_TX_SIZE] -= 1
             _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, t)
+            if lk[l, L_RR_TAIL] >= 0 and lk[l, L_BUSY] == 0 and lk[l, L_HEAD] < 0 and lcap[l] > 0.0:
+                _pull(pk, lk, lcap, fi, ff, tx, tm, clock, params, route_links, l, t)
         elif kind == EV_TIMER:
             f = tm[0, 2]
             _heap_pop(tm, clock[C_TM_SIZE])
@@ -938,6 +1021,8 @@ def advance(st, until_ps, max_events, stop_on_finish=False):
             if lcap[l] > 0.0:
                 if lk[l, L_BUSY] == 0 and lk[l, L_HEAD] >= 0:
                     _start_tx(pk, lk, lcap, tx, clock, l, t)
+                elif lk[l, L_BUSY] == 0 and lk[l, L_RR_TAIL] >= 0:
+                    _pull(pk, lk, lcap, fi, ff, tx, tm, clock, params, route_links, l, t)
                 # waiting flows whose whole route is up start now, in the order they arrived
                 kept = 0
                 for i in range(clock[C_N_WAITING]):

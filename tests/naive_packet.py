@@ -15,16 +15,23 @@ Model summary (see the kernel docstring for the full text):
   starts no serialization.
 - Senders run DCTCP over NewReno with a byte window; receivers send one cumulative ACK per data
   packet, echoing CE and the send timestamp. One lazy retransmission timer per flow.
+- NIC scheduling: ``"fifo"`` (default) puts every packet the window allows into the first link's
+  FIFO at once; ``"round-robin"`` keeps, per link, a ring of ready flows (flows whose first link it
+  is) and lets the link *pull* one data packet at a time from the ring's head flow whenever it is
+  idle, up and has an empty queue. ACKs and fast/partial-ACK retransmissions still go straight into
+  the FIFO; ``burst`` and SEND events do not apply.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 # event kinds (names only; the order of simultaneous events is fixed by seq alone)
 START, CAPACITY, ARRIVE, TX_DONE, TIMER, SEND = "start", "capacity", "arrive", "tx_done", "timer", "send"
+NIC_SCHEDULING = ("fifo", "round-robin")
 
 
 @dataclass
@@ -41,6 +48,11 @@ class RefParams:
     init_rto_ps: int = 1_000_000_000_000
     dctcp_g: float = 1.0 / 16.0
     burst: int = 256
+    nic_scheduling: str = "fifo"  # "fifo" or "round-robin"
+
+    def __post_init__(self):
+        if self.nic_scheduling not in NIC_SCHEDULING:
+            raise ValueError(f"nic_scheduling must be one of {NIC_SCHEDULING}, not {self.nic_scheduling!r}")
 
 
 @dataclass
@@ -63,6 +75,7 @@ class Link:
     queue: list = field(default_factory=list)  # FIFO, queue[0] is being serialized when busy
     q_bytes: int = 0
     busy: bool = False
+    ready: deque = field(default_factory=deque)  # round-robin: flows this link pulls from, head first
     # counters
     bytes_sent: int = 0
     data_sent: int = 0
@@ -104,6 +117,7 @@ class Flow:
     timer_armed: bool = False
     deadline: int = 0
     send_pending: bool = False
+    in_ring: bool = False  # round-robin: in its first link's ready ring
     # counters
     data_sent: int = 0
     retx: int = 0
@@ -124,7 +138,9 @@ class RefPacketSim:
     def __init__(self, routes, reverse_link, capacity_bps, delay_ps, size_bytes, start_ps,
                  events=(), params: RefParams | None = None):
         p = params or RefParams()
+        p.__post_init__()  # fields may have been changed after construction
         self.p = p
+        self.round_robin = p.nic_scheduling == "round-robin"
         self.mss = p.mtu_bytes - p.hdr_bytes
         assert self.mss > 0
         self.buffer_bytes = p.buffer_pkts * p.mtu_bytes
@@ -231,6 +247,8 @@ class RefPacketSim:
             self.start_serializing(link)
         else:
             link.busy = False
+        if self.round_robin and not link.queue and link.capacity > 0:
+            self.pull(link)
 
     def on_arrive(self, pkt):
         path = pkt.flow.ack_path if pkt.is_ack else pkt.flow.path
@@ -248,6 +266,8 @@ class RefPacketSim:
         if capacity > 0:
             if not link.busy and link.queue:
                 self.start_serializing(link)
+            elif self.round_robin and not link.queue:  # (an empty queue means an idle link)
+                self.pull(link)
             still = []
             for fl in self.waiting:
                 if self.route_up(fl):
@@ -310,7 +330,24 @@ class RefPacketSim:
     def window_allows(self, fl):
         return fl.next_seq < fl.n_pkts and (fl.next_seq - fl.acked + 1) * self.mss <= fl.cwnd
 
+    def send_next(self, fl):
+        """Transmit packet ``next_seq`` of ``fl`` and advance ``next_seq`` (and the highest sent)."""
+        seq = fl.next_seq
+        self.transmit(fl, seq, retx=seq < fl.highest_sent)
+        fl.next_seq += 1
+        fl.highest_sent = max(fl.highest_sent, fl.next_seq)
+
     def send(self, fl):
+        if self.round_robin:
+            if not self.window_allows(fl):
+                return
+            link = fl.path[0]
+            if not fl.in_ring:
+                fl.in_ring = True
+                link.ready.append(fl)
+            if not link.busy and link.capacity > 0 and not link.queue:
+                self.pull(link)
+            return
         count = 0
         while self.window_allows(fl):
             if count == self.p.burst:  # more may go: continue in a SEND event now
@@ -318,11 +355,25 @@ class RefPacketSim:
                     fl.send_pending = True
                     self.schedule(self.now, SEND, fl)
                 return
-            seq = fl.next_seq
-            self.transmit(fl, seq, retx=seq < fl.highest_sent)
-            fl.next_seq += 1
-            fl.highest_sent = max(fl.highest_sent, fl.next_seq)
+            self.send_next(fl)
             count += 1
+
+    def pull(self, link):
+        """Round-robin: the idle link takes one data packet from the first ready flow that has one."""
+        ring = link.ready
+        while ring:
+            fl = ring[0]
+            if not self.window_allows(fl):
+                ring.popleft()
+                fl.in_ring = False
+                continue
+            self.send_next(fl)
+            ring.popleft()
+            if self.window_allows(fl):
+                ring.append(fl)
+            else:
+                fl.in_ring = False
+            return
 
     def sender_on_ack(self, ack):
         fl = ack.flow

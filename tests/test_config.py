@@ -269,3 +269,23 @@ def test_load_scenario_not_utf8(tmp_path):
     with pytest.raises(ConfigError) as ei:
         load_scenario(bad)
     assert ei.value.field == "scenario"
+
+
+@pytest.mark.parametrize("packet,field", [
+    ({"nic_scheduling": "drr"}, "packet.nic_scheduling"),
+    ({"nic_scheduling": 1}, "packet.nic_scheduling"),
+    ({"dctcp_g": 0}, "packet.dctcp_g"),
+    ({"mtu_bytes": 64}, "packet.mtu_bytes"),
+    ({"buffer_pkts": 0}, "packet.buffer_pkts"),
+])
+def test_bad_packet_fields(packet, field):
+    with pytest.raises(ConfigError) as e:
+        Scenario.from_dict({"fabric": dict(FAB), "traffic": {"size_bytes": 1000}, "packet": packet})
+    assert field_of(e) == field
+
+
+@pytest.mark.parametrize("nic", ["fifo", "round-robin"])
+def test_packet_nic_scheduling_reaches_the_kernel(nic):
+    s = Scenario.from_dict({"fabric": dict(FAB), "traffic": {"size_bytes": 1000},
+                            "packet": {"nic_scheduling": nic}})
+    assert s.packet.params().nic_scheduling == nic
