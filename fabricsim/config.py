@@ -302,6 +302,9 @@ class Scenario:
     @classmethod
     def from_dict(cls, data: dict, base_dir: str = ".", name: str = "scenario") -> "Scenario":
         require(isinstance(data, dict), "scenario", "must be a TOML table")
+        if "fabric" not in data and ("base" in data or "grid" in data):
+            raise ConfigError("scenario", "this is a sweep file ([base], [grid]): run it with "
+                                          "`fabricsim sweep FILE --out DIR`")
         for key in data:
             if key not in ("fabric", "traffic", "run", "packet"):
                 raise ConfigError(key, "unknown table; allowed tables: fabric, traffic, run, packet")

@@ -289,3 +289,9 @@ def test_packet_nic_scheduling_reaches_the_kernel(nic):
     s = Scenario.from_dict({"fabric": dict(FAB), "traffic": {"size_bytes": 1000},
                             "packet": {"nic_scheduling": nic}})
     assert s.packet.params().nic_scheduling == nic
+
+
+def test_sweep_file_given_as_a_scenario_says_so():
+    with pytest.raises(ConfigError) as e:
+        load_scenario(os.path.join(ROOT, "examples", "sweep-small.toml"))
+    assert field_of(e) == "scenario" and "fabricsim sweep" in str(e.value)
