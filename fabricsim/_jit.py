@@ -59,14 +59,17 @@ def njit(*args, refcount: bool = True, **kwargs):
 
     ``refcount=False`` compiles without Numba's runtime (its ``_nrt`` flag): no reference counting
     of the arrays a kernel handles. Every array variable copy and every call passing arrays costs
-    an atomic increment and decrement; in the packet engine's event loop they took about 40% of
-    the time (benchmarks/README.md, P1). Such a kernel may only index, slice and pass the arrays it
-    is given: Numba refuses to compile one that allocates (``np.empty``, ``np.sort``, ...).
+    an atomic increment and decrement; they took about 40% of the packet engine's event loop and
+    30% of the flow engine's (benchmarks/README.md, P1 and B2). Such a kernel may only index, slice
+    and pass the arrays it is given: Numba refuses to compile one that allocates (``np.empty``,
+    ``np.sort``, ...). It may call kernels that allocate internally (they keep the runtime), but
+    not ones that return a new array: nothing would free it.
     """
     options = dict(_OPTIONS)
     options.update(kwargs)
-    if not refcount:
-        options["_nrt"] = False
+    # Always explicit: Numba otherwise compiles a callee with its caller's setting, and a kernel
+    # that allocates must keep the runtime even when called from one compiled without it.
+    options["_nrt"] = bool(refcount)
     if len(args) == 1 and callable(args[0]) and not kwargs and refcount:
         return numba.njit(**options)(args[0])
     return numba.njit(*args, **options)

@@ -192,7 +192,7 @@ def _settle_link(bytes_acc, load_bps, t_link_ps, l, now):
         t_link_ps[l] = now
 
 
-@njit
+@njit(refcount=False)
 def _refresh_links(st, n_links, now):
     """For the links ``link_buf[:n_links]``: clear their mark, settle their carried bytes, and
     recompute their load and largest normalized rate from their active flows."""
@@ -214,7 +214,7 @@ def _refresh_links(st, n_links, now):
         st.maxnorm[l] = top
 
 
-@njit
+@njit(refcount=False)
 def settle_links(st, now):
     """Settle every link's carried bytes up to ``now`` (for sampling and final totals)."""
     for l in range(st.load_bps.shape[0]):
@@ -263,7 +263,7 @@ def _predict(rem_bytes, rate_bps, f, now):
     return now + np.int64(dt)
 
 
-@njit
+@njit(refcount=False)
 def _activate(st, f, now):
     st.status[f] = 1
     st.t_upd_ps[f] = now
@@ -279,7 +279,7 @@ def _activate(st, f, now):
     st.clock[C_N_ACTIVE] += 1
 
 
-@njit
+@njit(refcount=False)
 def _deactivate(st, f):
     """Remove a finished flow from its links' active lists (swap with the last active entry)."""
     for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
@@ -309,7 +309,7 @@ def _push_unique(flag, buf, i, n):
 # Re-balance
 # ------------------------------------------------------------------------------------------
 
-@njit
+@njit(refcount=False)
 def _upper_component(st, n_set, theta):
     """Extend the set with every active flow of normalized rate >= ``theta`` connected to it.
 
@@ -338,7 +338,7 @@ def _upper_component(st, n_set, theta):
     return n_set
 
 
-@njit
+@njit(refcount=False)
 def _settle_and_mark(st, n_set, now):
     """Settle the flows ``set_buf[:n_set]`` at ``now`` and mark (``link_buf``) the links they
     cross; returns the number of marked links."""
@@ -351,7 +351,7 @@ def _settle_and_mark(st, n_set, now):
     return n_marked
 
 
-@njit
+@njit(refcount=False)
 def _solve_set(st, n_set, now):
     """Re-solve the flows in ``set_buf[:n_set]`` on the capacity the other active flows leave,
     refresh the links they cross and their predicted finishes, and empty the set."""
@@ -378,7 +378,7 @@ def _solve_set(st, n_set, now):
     st.clock[C_SOLVED_FLOWS] += n_set
 
 
-@njit
+@njit(refcount=False)
 def _check_departure(st, n_marked, level, now, tolerance, age_ps):
     """After departures: find the flows on the refreshed links that lost their certificate.
 
@@ -420,7 +420,7 @@ def _check_departure(st, n_marked, level, now, tolerance, age_ps):
     return n_set
 
 
-@njit
+@njit(refcount=False)
 def _local_solve(st, n_set, now):
     """Share the capacity that the other flows leave among ``set_buf[:n_set]`` (max-min among
     them, the others fixed), with link loads updated incrementally; empties the set.
@@ -468,7 +468,7 @@ def _arrive(st, f, now, n_set, n_marked):
     return n_set, n_marked
 
 
-@njit
+@njit(refcount=False)
 def next_event_time(st):
     """Time (ps) of the next arrival, completion, capacity change or due re-solve; INF_PS if none."""
     clock = st.clock
@@ -484,7 +484,7 @@ def next_event_time(st):
     return t
 
 
-@njit
+@njit(refcount=False)
 def inject(st, flows, links, capacity_bps, at_ps):
     """Schedule, from outside, the arrival of pending ``flows`` (int64[n]; flows created with
     ``start_ps = -1``) and capacity changes ``links``/``capacity_bps`` (int64[m], float64[m]) at
@@ -526,7 +526,7 @@ def _change_capacity(st, l, capacity, t, n_set, theta):
     return n_set, theta
 
 
-@njit
+@njit(refcount=False)
 def advance(st, until_ps, max_events, tolerance):
     """Run events with time <= ``until_ps``, at most ``max_events`` event times.
 
