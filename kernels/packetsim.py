@@ -7,12 +7,15 @@ taken when an event is scheduled (flow starts take seq = flow id and capacity ev
 before anything else; capacity events at one time run in their list order), so events at equal
 times run in the order they were scheduled and every run is deterministic.
 
-The event list is not one heap but one queue per kind of event, merged by taking the earliest
-head, so that the common events cost O(1) or O(log L) instead of O(log packets in flight):
-packet arrivals are FIFOs, one per distinct link delay (``now + delay`` is non-decreasing, so each
-FIFO is sorted); serialization ends (at most one per link) and retransmission timers (at most one
-per flow) are small binary heaps; flow starts and capacity events are pre-sorted arrays; SEND
-continuations and flow starts fired by triggers (both at the current time) are FIFOs.
+The event list is not one heap but a few sorted queues, merged by taking the earliest head, so
+that the common events cost O(1) instead of O(log packets in flight): packet arrivals are FIFOs,
+one per distinct link delay (``now + delay`` is non-decreasing, so each FIFO is sorted);
+serialization ends (at most one per link) are FIFOs too, one per common serialization time (a
+full-size data packet's and an ACK's at the most common link rates, up to ``MAX_TX_CLASSES``),
+and a binary heap for the others (partial last packets, rare rates); retransmission timers (at
+most one per flow) are a binary heap; flow starts and capacity events are pre-sorted arrays; SEND
+continuations and flow starts fired by triggers (both at the current time) are FIFOs. Which
+queue holds an event never changes the order events run in: that is ``(time, seq)``.
 
 Packets. A data packet of flow ``f`` with sequence number ``s`` (0-based, in packets) carries
 ``min(mss, size - s*mss)`` payload bytes plus ``hdr`` header bytes (``mss = mtu - hdr``; defaults
@@ -130,12 +133,15 @@ than a tuple of dozens):
 - ``got bool[P]`` receiver bitmap (``P = sum(n_pkts)``, indexed ``fi[f, F_BASE] + seq``)
 - ``route_links``/``ack_links int64[nnz]`` forward and reverse routes (row ``fi[f, F_ROUTE]``)
 - event queues: ``ar int64[C, cap, 3]`` arrival rings of (time, seq, packet) with ``ar_hc[C, 2]``
-  (head, count); ``tx int64[L, 3]`` and ``tm int64[F, 3]`` heaps of (time, seq, arg); ``sd``
+  (head, count); ``tx int64[1 + S, R, 3]`` serialization ends: ``tx[0]`` a heap of (time, seq,
+  link), ``tx[1 + c]`` the ring of serialization time ``params[K_TX_SER + c]`` with (head, count)
+  in ``clock[C_TXR + 2c:]`` (``R`` a power of two >= L); ``tm int64[F, 3]`` a heap; ``sd``
   and ``rd int64[F, 3]`` the SEND and triggered-start rings; ``start_order int64[F]`` (timed
   starts sorted by (time, flow), the first ``clock[C_N_TIMED]`` entries used); capacity events
   ``ev_*`` (sorted by time, the first ``clock[C_N_CAPS]`` used, the rest room for :func:`inject`);
   trigger arrays ``trig_*``, ``flow_trig``
-- ``clock int64[24]`` scalars (``C_*``), ``params int64[8]`` and ``g float64[1]`` the constants
+- ``clock int64[N_CLOCK]`` scalars (``C_*``), ``params int64[K_TX_SER + MAX_TX_CLASSES]`` and
+  ``g float64[1]`` the constants
 
 The event loop (:func:`advance`) and the send path are compiled with ``refcount=False``
 (:func:`fabricsim._jit.njit`): they allocate nothing, and Numba's atomic reference counting of
@@ -167,8 +173,12 @@ C_NOW, C_SEQ, C_TX_SIZE, C_FREE_HEAD, C_N_FREE, C_N_DONE, C_EVENTS = 0, 1, 2, 3,
 C_N_WAITING, C_TM_SIZE, C_DATA_HOPS, C_ALL_HOPS, C_PEAK_PKTS = 7, 8, 9, 10, 11
 C_START_PTR, C_CAP_PTR, C_SD_HEAD, C_SD_COUNT, C_RD_HEAD, C_RD_COUNT = 12, 13, 14, 15, 16, 17
 C_N_TIMED, C_N_CAPS, C_OPEN = 18, 19, 20  # entries in start_order / ev_*; capacity changes may come
+MAX_TX_CLASSES = 8  # TX_DONE rings; other serialization times go to the heap
+C_TXR = 24  # clock[C_TXR + 2c], clock[C_TXR + 2c + 1]: (head, count) of TX_DONE ring c
+N_CLOCK = C_TXR + 2 * MAX_TX_CLASSES
 # params[] indices
-K_MTU, K_HDR, K_BUFFER, K_ECN_K, K_INIT_CWND, K_SSTHRESH, K_MIN_RTO, K_BURST, K_NIC_RR = range(9)
+K_MTU, K_HDR, K_BUFFER, K_ECN_K, K_INIT_CWND, K_SSTHRESH, K_MIN_RTO, K_BURST, K_NIC_RR, K_N_TXC = range(10)
+K_TX_SER = 10  # params[K_TX_SER + c]: serialization time (ps) of TX_DONE ring c
 NIC_SCHEDULING = ("fifo", "round-robin")  # params[K_NIC_RR] is the index
 # packet columns; flags
 P_FS, P_MISC, P_TS, P_NEXT = range(4)  # (flow << 32 | seq), (size << 16 | hop << 8 | flags)
@@ -177,7 +187,9 @@ MASK32 = 0xFFFFFFFF
 FL_ACK, FL_CE, FL_RETX = 1, 2, 4
 # link columns
 (L_HEAD, L_TAIL, L_QBYTES, L_BUSY, L_DATA, L_RETX, L_ACKS, L_MARKS, L_DROPS, L_PEAK, L_BYTES,
- L_CLASS, L_DELAY, L_RR_TAIL) = range(14)  # L_RR_TAIL: last flow of the ready ring (-1: empty)
+ L_CLASS, L_DELAY, L_RR_TAIL, L_TXC_DATA, L_TXC_ACK) = range(16)
+# L_RR_TAIL: last flow of the ready ring (-1: empty); L_TXC_DATA/L_TXC_ACK: the TX_DONE ring of a
+# full-size data packet / an ACK at the link's current capacity (-1: the heap)
 # flow columns
 (F_STATUS, F_NEXT, F_HIGH, F_SENDQ, F_ACKED, F_CUM, F_SEEN, F_MARKED, F_DUP, F_INREC, F_RECOVER,
  F_RTO, F_DEADLINE, F_ARMED, F_FINISH, F_SENT, F_RETX, F_MARKS, F_DROPS, F_NPKTS, F_BASE, F_START,
@@ -279,19 +291,22 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
     lk[:, L_CLASS] = link_class.reshape(-1)
     lk[:, L_DELAY] = delay_ps
     lk[:, L_RR_TAIL] = -1
+    tx_ser = _tx_classes(capacity_bps, params)
     pk = np.zeros((pool_cap, PK_COLS), np.int64)
     pk[:, P_NEXT] = np.append(np.arange(1, pool_cap, dtype=np.int64), -1)
     p = np.array([params.mtu_bytes, params.hdr_bytes, params.buffer_pkts * params.mtu_bytes,
                   params.ecn_k_pkts * params.mtu_bytes, params.init_cwnd_pkts * mss,
                   params.ssthresh_pkts * mss, params.min_rto_ps, params.burst,
-                  NIC_SCHEDULING.index(params.nic_scheduling)], np.int64)
+                  NIC_SCHEDULING.index(params.nic_scheduling), tx_ser.shape[0]]
+                 + tx_ser.tolist() + [0] * (MAX_TX_CLASSES - tx_ser.shape[0]), np.int64)
+    _init_tx_classes(lk, capacity_bps, p)
     if triggers is None:
         triggers = no_triggers(n_flows)
     trig_kind, trig_need, trig_ptr, trig_targets, flow_trig = triggers
     timed = np.flatnonzero(start_ps >= 0)
     start_order = np.zeros(n_flows, np.int64)  # room for every flow (inject() adds pending ones)
     start_order[:timed.shape[0]] = timed[np.lexsort((timed, start_ps[timed]))]
-    clock = np.zeros(24, np.int64)
+    clock = np.zeros(N_CLOCK, np.int64)
     # dynamic seqs come after every start (seq f < F) and capacity event (seq F)
     clock[C_SEQ] = n_flows + max(ev_time_ps.shape[0], 1)
     clock[C_N_FREE] = pool_cap
@@ -301,7 +316,8 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
         pk=pk, lk=lk, lcap=capacity_bps.copy(), fi=fi, ff=ff, got=np.zeros(int(base[-1]), np.bool_),
         route_links=route_links, ack_links=ack_links,
         ar=np.zeros((n_classes, pool_cap, 3), np.int64), ar_hc=np.zeros((n_classes, 2), np.int64),
-        tx=np.zeros((n_links, 3), np.int64), tm=np.zeros((n_flows, 3), np.int64),
+        tx=np.zeros((1 + tx_ser.shape[0], 1 << max(n_links - 1, 1).bit_length(), 3), np.int64),
+        tm=np.zeros((n_flows, 3), np.int64),
         sd=np.zeros((n_flows, 3), np.int64),
         start_order=start_order,
         rd=np.zeros((n_flows, 3), np.int64), trig_kind=trig_kind, trig_need=trig_need,
@@ -313,6 +329,40 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
         ev_capacity_bps=np.array(ev_capacity_bps, np.float64),
         clock=clock, params=p, g=np.array([params.dctcp_g]),
     )
+
+
+def _tx_classes(capacity_bps, params: PacketParams):
+    """The serialization times that get a TX_DONE ring (int64[<= MAX_TX_CLASSES]): a full-size data
+    packet's and an ACK's at the link capacities, the most common capacities first."""
+    caps, counts = np.unique(capacity_bps[capacity_bps > 0], return_counts=True)
+    ser = []
+    for c in caps[np.argsort(-counts, kind="stable")]:
+        for size in (params.mtu_bytes, params.hdr_bytes):
+            t = int(np.ceil(np.int64(size) * 8e12 / c))  # as _start_tx computes it
+            if t not in ser and len(ser) < MAX_TX_CLASSES:
+                ser.append(t)
+    return np.array(ser, np.int64)
+
+
+@njit(inline="always")
+def _set_tx_classes(lk, lcap, params, l):
+    """Link ``l``'s TX_DONE rings for a full-size data packet and an ACK at its capacity."""
+    lk[l, L_TXC_DATA] = -1
+    lk[l, L_TXC_ACK] = -1
+    if lcap[l] > 0.0:
+        t_data = np.int64(np.ceil(params[K_MTU] * 8e12 / lcap[l]))
+        t_ack = np.int64(np.ceil(params[K_HDR] * 8e12 / lcap[l]))
+        for c in range(params[K_N_TXC]):
+            if params[K_TX_SER + c] == t_data:
+                lk[l, L_TXC_DATA] = c
+            if params[K_TX_SER + c] == t_ack:
+                lk[l, L_TXC_ACK] = c
+
+
+@njit
+def _init_tx_classes(lk, lcap, params):
+    for l in range(lk.shape[0]):
+        _set_tx_classes(lk, lcap, params, l)
 
 
 def state_bytes(st: PacketState) -> int:
@@ -434,8 +484,8 @@ def _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, n_timed, fi, ev_time_ps,
     ``n_timed``/``n_caps``: the used entries of ``start_order``/``ev_*`` (``clock[C_N_TIMED]``,
     ``clock[C_N_CAPS]``; constant during :func:`advance`).
 
-    The source is the arrival class of EV_ARRIVE, and for EV_START 0 (a timed start) or 1 (a
-    start fired by a trigger)."""
+    The source is the arrival class of EV_ARRIVE; for EV_TX_DONE 0 (the heap) or 1 + the ring; for
+    EV_START 0 (a timed start) or 1 (a start fired by a trigger)."""
     best_t = INF_PS
     best_s = INF_PS
     kind = -1
@@ -445,8 +495,14 @@ def _next_event(ar, ar_hc, tx, tm, sd, rd, start_order, n_timed, fi, ev_time_ps,
             h = ar_hc[c, 0]
             if _before(ar[c, h, 0], ar[c, h, 1], best_t, best_s):
                 best_t, best_s, kind, src = ar[c, h, 0], ar[c, h, 1], EV_ARRIVE, c
-    if clock[C_TX_SIZE] and _before(tx[0, 0], tx[0, 1], best_t, best_s):
-        best_t, best_s, kind = tx[0, 0], tx[0, 1], EV_TX_DONE
+    if clock[C_TX_SIZE] and _before(tx[0, 0, 0], tx[0, 0, 1], best_t, best_s):
+        best_t, best_s, kind, src = tx[0, 0, 0], tx[0, 0, 1], EV_TX_DONE, 0
+    for c in range(1, tx.shape[0]):
+        k = C_TXR + 2 * (c - 1)
+        if clock[k + 1]:
+            h = clock[k]
+            if _before(tx[c, h, 0], tx[c, h, 1], best_t, best_s):
+                best_t, best_s, kind, src = tx[c, h, 0], tx[c, h, 1], EV_TX_DONE, c
     if clock[C_TM_SIZE] and _before(tm[0, 0], tm[0, 1], best_t, best_s):
         best_t, best_s, kind = tm[0, 0], tm[0, 1], EV_TIMER
     if clock[C_SD_COUNT]:
@@ -492,11 +548,23 @@ def _free(pk, clock, p):
 
 
 @njit(inline="always")
-def _start_tx(pk, lk, lcap, tx, clock, l, now):
+def _start_tx(pk, lk, lcap, tx, clock, params, l, now):
+    """Link ``l`` starts serializing its head packet: its TX_DONE joins the ring of its
+    serialization time (full-size data packets and ACKs) or else the heap."""
     lk[l, L_BUSY] = 1
-    ser = np.int64(np.ceil((pk[lk[l, L_HEAD], P_MISC] >> 16) * 8e12 / lcap[l]))
-    _heap_push(tx, clock[C_TX_SIZE], now + ser, _take_seq(clock), l)
-    clock[C_TX_SIZE] += 1
+    size = pk[lk[l, L_HEAD], P_MISC] >> 16
+    c = -1
+    if size == params[K_MTU]:
+        c = lk[l, L_TXC_DATA]
+    elif size == params[K_HDR]:
+        c = lk[l, L_TXC_ACK]
+    if c >= 0:
+        k = C_TXR + 2 * c
+        _ring_push(tx[c + 1], clock[k:k + 2], now + params[K_TX_SER + c], _take_seq(clock), l)
+    else:
+        ser = np.int64(np.ceil(size * 8e12 / lcap[l]))
+        _heap_push(tx[0], clock[C_TX_SIZE], now + ser, _take_seq(clock), l)
+        clock[C_TX_SIZE] += 1
 
 
 @njit(inline="always")
@@ -526,11 +594,11 @@ def _enqueue(pk, lk, lcap, fi, tx, clock, params, p, l, now):
     if q > lk[l, L_PEAK]:
         lk[l, L_PEAK] = q
     if lk[l, L_BUSY] == 0 and lcap[l] > 0.0:
-        _start_tx(pk, lk, lcap, tx, clock, l, now)
+        _start_tx(pk, lk, lcap, tx, clock, params, l, now)
 
 
 @njit(inline="always")
-def _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, now):
+def _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, params, l, now):
     """Link ``l`` finished serializing its head packet: it enters the pipe; the next one starts."""
     p = lk[l, L_HEAD]
     nxt = pk[p, P_NEXT]
@@ -554,7 +622,7 @@ def _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, now):
     c = lk[l, L_CLASS]
     _ring_push(ar[c], ar_hc[c], now + lk[l, L_DELAY], _take_seq(clock), p)
     if nxt >= 0 and lcap[l] > 0.0:
-        _start_tx(pk, lk, lcap, tx, clock, l, now)
+        _start_tx(pk, lk, lcap, tx, clock, params, l, now)
     else:
         lk[l, L_BUSY] = 0
 
@@ -806,6 +874,9 @@ def _quiescent(ar_hc, tm, fi, lcap, route_links, clock):
             return False
     if clock[C_TX_SIZE] or clock[C_SD_COUNT] or clock[C_RD_COUNT]:
         return False
+    for c in range(MAX_TX_CLASSES):
+        if clock[C_TXR + 2 * c + 1]:
+            return False
     if clock[C_START_PTR] < clock[C_N_TIMED] or clock[C_CAP_PTR] < clock[C_N_CAPS]:
         return False
     for i in range(clock[C_TM_SIZE]):
@@ -974,10 +1045,14 @@ def advance(st, until_ps, max_events, stop_on_finish=False):
                 links = ack_links if is_ack else route_links
                 _enqueue(pk, lk, lcap, fi, tx, clock, params, p, links[fi[f, F_ROUTE] + h], t)
         elif kind == EV_TX_DONE:
-            l = tx[0, 2]
-            _heap_pop(tx, clock[C_TX_SIZE])
-            clock[C_TX_SIZE] -= 1
-            _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, l, t)
+            if src == 0:
+                l = tx[0, 0, 2]
+                _heap_pop(tx[0], clock[C_TX_SIZE])
+                clock[C_TX_SIZE] -= 1
+            else:
+                k = C_TXR + 2 * (src - 1)
+                l = _ring_pop(tx[src], clock[k:k + 2])
+            _tx_done(pk, lk, lcap, tx, ar, ar_hc, clock, params, l, t)
             if lk[l, L_RR_TAIL] >= 0 and lk[l, L_BUSY] == 0 and lk[l, L_HEAD] < 0 and lcap[l] > 0.0:
                 _pull(pk, lk, lcap, fi, ff, tx, tm, clock, params, route_links, l, t)
         elif kind == EV_TIMER:
@@ -1018,9 +1093,10 @@ def advance(st, until_ps, max_events, stop_on_finish=False):
             clock[C_CAP_PTR] += 1
             l = ev_link[e]
             lcap[l] = ev_cap[e]
+            _set_tx_classes(lk, lcap, params, l)
             if lcap[l] > 0.0:
                 if lk[l, L_BUSY] == 0 and lk[l, L_HEAD] >= 0:
-                    _start_tx(pk, lk, lcap, tx, clock, l, t)
+                    _start_tx(pk, lk, lcap, tx, clock, params, l, t)
                 elif lk[l, L_BUSY] == 0 and lk[l, L_RR_TAIL] >= 0:
                     _pull(pk, lk, lcap, fi, ff, tx, tm, clock, params, route_links, l, t)
                 # waiting flows whose whole route is up start now, in the order they arrived

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import naive_packet as naive
 from fabricsim.engine import as_capacity_events, run_packet_engine
 from fabricsim.fabric import fat_tree
+from fabricsim.kernels import packetsim as sps
 from fabricsim.kernels.packetsim import PacketParams
 from fabricsim.simulate import simulate_flows
 from fabricsim.traffic import permutation
@@ -271,6 +272,25 @@ def test_dead_link_deadlock_matches_reference():
     out, ref = compare(routes, topo, [50_000, 50_000], [1, 1], [(0, routes[1][0], 0.0)])
     assert out.status == "deadlock"
     assert out.finish_ps[0] > 0 and out.finish_ps[1] == -1
+
+
+@pytest.mark.parametrize("nic", ["fifo", "round-robin"])
+def test_many_link_rates_match_reference(nic):
+    """More serialization times than the kernel's TX_DONE rings (a full-size packet's and an ACK's
+    at 6 rates, then 2 more rates from capacity changes): the rest go through its heap; same
+    results as the reference."""
+    topo = Topo()
+    rates = [10e9, 12.5e9, 25e9, 40e9, 50e9, 100e9]
+    hops = [topo.duplex(c, US) for c in rates]
+    routes = [hops, [l ^ 1 for l in reversed(hops)], hops[1:4], hops[:2]]
+    params = PacketParams(init_cwnd_pkts=4, nic_scheduling=nic)
+    mss = params.mtu_bytes - params.hdr_bytes
+    size = [40 * mss, 25 * mss + 100, 30 * mss, 7]
+    start = [0, 3 * US, 10 * US, 20 * US]
+    events = [(50 * US, hops[2], 7e9), (60 * US, hops[3], 0.0), (90 * US, hops[3], 33e9),
+              (120 * US, hops[2], 25e9)]
+    compare(routes, topo, size, start, events, params)
+    assert len(sps._tx_classes(topo.arrays()[0], params)) == sps.MAX_TX_CLASSES
 
 
 def test_small_fat_tree_matches_reference():
