@@ -15,8 +15,12 @@ import tempfile
 import warnings
 
 import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-__all__ = ["njit", "CACHE_ENABLED"]
+__all__ = ["njit", "prefetch_row", "CACHE_ENABLED"]
 
 
 def _cache_writable() -> bool:
@@ -73,3 +77,31 @@ def njit(*args, refcount: bool = True, **kwargs):
     if len(args) == 1 and callable(args[0]) and not kwargs and refcount:
         return numba.njit(**options)(args[0])
     return numba.njit(*args, **options)
+
+
+@intrinsic
+def prefetch_row(typingctx, arr, i):
+    """``prefetch_row(a, i)``: ask the CPU to fetch the cache line of ``a[i, 0]`` (a 2-D array), for
+    writing, without waiting for it. A hint only: no effect on results, and ``i`` is not checked
+    (an address outside the array is harmless to prefetch). Used where the engine knows which row
+    it will touch a few events later (the next packet of a link's queue, arrivals further down a
+    pipe), to hide the cache misses that dominate large runs."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and isinstance(i, types.Integer)):
+        return None
+    sig = types.void(arr, i)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = cgutils.get_item_pointer2(context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
+                                        cgutils.unpack_tuple(builder, ary.strides), aryty.layout,
+                                        [idx, context.get_constant(types.intp, 0)], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])  # write, high locality, data
+        return context.get_dummy_value()
+
+    return sig, codegen

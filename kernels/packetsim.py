@@ -154,7 +154,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fabricsim._jit import njit
+from fabricsim._jit import njit, prefetch_row
 from fabricsim.kernels.triggers import fire, no_triggers
 
 __all__ = ["PacketState", "PacketParams", "new_state", "advance", "grow", "state_bytes", "next_event_time",
@@ -174,6 +174,7 @@ C_N_WAITING, C_TM_SIZE, C_DATA_HOPS, C_ALL_HOPS, C_PEAK_PKTS = 7, 8, 9, 10, 11
 C_START_PTR, C_CAP_PTR, C_SD_HEAD, C_SD_COUNT, C_RD_HEAD, C_RD_COUNT = 12, 13, 14, 15, 16, 17
 C_N_TIMED, C_N_CAPS, C_OPEN = 18, 19, 20  # entries in start_order / ev_*; capacity changes may come
 MAX_TX_CLASSES = 8  # TX_DONE rings; other serialization times go to the heap
+PREFETCH_AHEAD = 16  # an arrival prefetches the packet of the arrival this many entries later
 C_TXR = 24  # clock[C_TXR + 2c], clock[C_TXR + 2c + 1]: (head, count) of TX_DONE ring c
 N_CLOCK = C_TXR + 2 * MAX_TX_CLASSES
 # params[] indices
@@ -191,9 +192,10 @@ FL_ACK, FL_CE, FL_RETX = 1, 2, 4
 # L_RR_TAIL: last flow of the ready ring (-1: empty); L_TXC_DATA/L_TXC_ACK: the TX_DONE ring of a
 # full-size data packet / an ACK at the link's current capacity (-1: the heap)
 # flow columns
-(F_STATUS, F_NEXT, F_HIGH, F_SENDQ, F_ACKED, F_CUM, F_SEEN, F_MARKED, F_DUP, F_INREC, F_RECOVER,
- F_RTO, F_DEADLINE, F_ARMED, F_FINISH, F_SENT, F_RETX, F_MARKS, F_DROPS, F_NPKTS, F_BASE, F_START,
- F_SIZE, F_ROUTE, F_HOPS, F_RR_NEXT, F_READY) = range(27)  # F_RR_NEXT: next flow in the ready ring
+# (every hop reads F_ROUTE and F_HOPS: they come first, in the row's first cache line)
+(F_ROUTE, F_HOPS, F_STATUS, F_NEXT, F_HIGH, F_SENDQ, F_ACKED, F_CUM, F_SEEN, F_MARKED, F_DUP, F_INREC,
+ F_RECOVER, F_RTO, F_DEADLINE, F_ARMED, F_FINISH, F_SENT, F_RETX, F_MARKS, F_DROPS, F_NPKTS, F_BASE,
+ F_START, F_SIZE, F_RR_NEXT, F_READY) = range(27)  # F_RR_NEXT: next flow in the ready ring
 # window columns
 W_CWND, W_SSTH, W_ALPHA, W_SRTT, W_RTTVAR = range(5)
 # flow status
@@ -552,7 +554,10 @@ def _start_tx(pk, lk, lcap, tx, clock, params, l, now):
     """Link ``l`` starts serializing its head packet: its TX_DONE joins the ring of its
     serialization time (full-size data packets and ACKs) or else the heap."""
     lk[l, L_BUSY] = 1
-    size = pk[lk[l, L_HEAD], P_MISC] >> 16
+    p = lk[l, L_HEAD]
+    size = pk[p, P_MISC] >> 16
+    if pk[p, P_NEXT] >= 0:
+        prefetch_row(pk, pk[p, P_NEXT])  # the next head, due when this one is done
     c = -1
     if size == params[K_MTU]:
         c = lk[l, L_TXC_DATA]
@@ -1024,6 +1029,11 @@ def advance(st, until_ps, max_events, stop_on_finish=False):
         clock[C_EVENTS] += 1
         handled += 1
         if kind == EV_ARRIVE:
+            # later arrivals of this pipe: the packet of one, the route of a nearer one's flow
+            mask = ar.shape[1] - 1
+            if ar_hc[src, 1] > PREFETCH_AHEAD:
+                prefetch_row(pk, ar[src, (ar_hc[src, 0] + PREFETCH_AHEAD) & mask, 2])
+                prefetch_row(fi, pk[ar[src, (ar_hc[src, 0] + PREFETCH_AHEAD // 2) & mask, 2], P_FS] >> 32)
             p = _ring_pop(ar[src], ar_hc[src])
             f = pk[p, P_FS] >> 32
             misc = pk[p, P_MISC]
