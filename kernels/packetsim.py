@@ -82,14 +82,16 @@ Sender (DCTCP over NewReno-style TCP, window in bytes, float64):
      ``cwnd = ssthresh + 3 mss``, enters recovery with ``recover = next_seq`` and retransmits
      packet ``acked``. Any other ACK changes nothing here.
   4. ``send``.
-- Timer (one pending TIMER event per flow at most): when it fires and every packet is acked, it
-  disarms; when the deadline moved later, it re-arms at the deadline (staying armed); otherwise it
+- Timer (one pending TIMER event per flow at most): when it fires and every packet is acked, or
+  every packet sent is (``acked >= next_seq``: nothing is outstanding, as for a flow waiting for
+  its NIC in round-robin mode, whose next send re-arms it), it disarms; when the deadline moved
+  later, it re-arms at the deadline (staying armed); otherwise it
   disarms and, when a link of the flow's data or ACK path is at capacity 0 with no capacity event
   left, stays off for good (the flow is stuck: the run ends in deadlock instead of retrying
   forever); otherwise it is a timeout: ``rto = min(2 rto, 60 s)`` (backoff; the next RTT sample
   recomputes it), ``ssthresh = max(cwnd / 2, 2 mss)``, ``cwnd = mss``, recovery ends,
-  ``dupacks = 0``, ``next_seq = acked`` (go-back-N), then ``send`` (which re-arms it at
-  ``now + rto``).
+  ``dupacks = 0``, ``next_seq = acked`` (go-back-N), then ``send`` (whose first packet re-arms
+  it at the time it is sent).
 
 NIC scheduling (``nic_scheduling``). ``"fifo"`` (the default; htsim's): ``send`` puts every data
 packet the window allows into the flow's first link's FIFO at once, as above. ``"round-robin"``:
@@ -97,17 +99,18 @@ data packets wait at the sender until the first link of the flow's route pulls t
 NIC arbitrating among its queue pairs. Each link keeps a ring of *ready* flows (flows whose first
 link it is and which it may still have a packet of). When ``send`` is called and the window allows
 a packet, it sends nothing but appends the flow to the tail of its first link's ring unless the
-flow is in it already, and then, if that link is idle (not serializing), has capacity > 0 and an empty queue, the link *pulls*. A pull: while
-the ring is not empty, take its head flow; if its window allows no packet (``next_seq < n_pkts``
-and ``(next_seq - acked + 1) * mss <= cwnd`` is false), remove it from the ring and go on;
-otherwise send its packet ``next_seq`` exactly as ``send`` does (arm the timer, enqueue it on the
-link, which starts serializing it; a retransmission if below the highest sequence sent), advance
-``next_seq``, then move the flow to the ring's tail if its window allows another packet, else
-remove it, and stop. A link pulls again when it finishes serializing a packet with its queue then
-empty and its capacity > 0 (after scheduling that packet's ARRIVE), and when a capacity event
-brings it up with an empty queue. ACKs and the targeted retransmissions (fast retransmit, partial
-ACK) still join the FIFO directly, so they go before pulled packets. ``burst`` and SEND events do
-not apply. A flow pulled this way is never queued behind other flows' packets at its own NIC.
+flow is in it already, and then, if that link is idle (not serializing), has capacity > 0 and an
+empty queue, the link *pulls*. A pull: while the ring is not empty, take its head flow; if its
+window allows no packet (``next_seq < n_pkts`` and ``(next_seq - acked + 1) * mss <= cwnd`` is
+false), remove it from the ring and go on; otherwise send its packet ``next_seq`` exactly as
+``send`` does (arm the timer, enqueue it on the link, which starts serializing it; a retransmission
+if below the highest sequence sent), advance ``next_seq``, then move the flow to the ring's tail if
+its window allows another packet, else remove it, and stop. A link pulls again when it finishes
+serializing a packet with its queue then empty and its capacity > 0 (after scheduling that packet's
+ARRIVE), and when a capacity event brings it up with an empty queue. ACKs and the targeted
+retransmissions (fast retransmit, partial ACK) still join the FIFO directly, so they go before
+pulled packets. ``burst`` and SEND events do not apply. A flow pulled this way is never queued
+behind other flows' packets at its own NIC.
 
 Scheduling order (it fixes ``seq``, hence the order of simultaneous events): sending a data packet
 first arms the timer (if unarmed) and then enqueues the packet (which may schedule its link's
@@ -340,7 +343,10 @@ def _tx_classes(capacity_bps, params: PacketParams):
     ser = []
     for c in caps[np.argsort(-counts, kind="stable")]:
         for size in (params.mtu_bytes, params.hdr_bytes):
-            t = int(np.ceil(np.int64(size) * 8e12 / c))  # as _start_tx computes it
+            t = np.ceil(np.int64(size) * 8e12 / c)  # as _start_tx computes it
+            if t >= 2.0**62:  # absurdly slow (below 0.01 bit/s): leave it to the heap
+                continue
+            t = int(t)
             if t not in ser and len(ser) < MAX_TX_CLASSES:
                 ser.append(t)
     return np.array(ser, np.int64)
@@ -833,8 +839,8 @@ def _on_ack(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, g, route_links, p, 
 @njit
 def _on_timer(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, ack_links, n_cap_events,
               f, now):
-    if fi[f, F_ACKED] >= fi[f, F_NPKTS]:
-        fi[f, F_ARMED] = 0
+    if fi[f, F_ACKED] >= fi[f, F_NPKTS] or fi[f, F_ACKED] >= fi[f, F_NEXT]:
+        fi[f, F_ARMED] = 0  # nothing outstanding (sending re-arms it)
         return
     if fi[f, F_DEADLINE] > now:
         _heap_push(tm, clock[C_TM_SIZE], fi[f, F_DEADLINE], _take_seq(clock), f)

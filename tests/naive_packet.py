@@ -435,7 +435,7 @@ class RefPacketSim:
         self.send(fl)
 
     def on_timer(self, fl):
-        if fl.acked >= fl.n_pkts:
+        if fl.acked >= fl.n_pkts or fl.acked >= fl.next_seq:  # nothing outstanding
             fl.timer_armed = False
             return
         if fl.deadline > self.now:  # moved later by an ACK: fire again then

@@ -8,6 +8,7 @@ from fabricsim.cli import main
 from fabricsim.engine import Triggers
 from fabricsim.errors import ConfigError
 from fabricsim.htsim import read_connection_matrix
+from fabricsim.kernels.packetsim import PacketParams
 
 GBPS100_BYTES_PER_US = 12_500  # 100 Gbit/s
 
@@ -65,10 +66,11 @@ def test_chain_flow_engine_closed_form(tmp_path, fab):
     assert r.finish_ps.tolist() == [200_000_000, 100_000_000, 300_000_000, 350_000_000]
 
 
-def test_chain_packet_engine_order(tmp_path, fab):
+@pytest.mark.parametrize("nic", ["fifo", "round-robin"])
+def test_chain_packet_engine_order(tmp_path, fab, nic):
     cm = read_connection_matrix(write(tmp_path, CHAIN))
     r = simulate_flows(fab, cm.src, cm.dst, cm.size_bytes, cm.start_ps, engine="packet",
-                       triggers=cm.triggers)
+                       triggers=cm.triggers, packet_params=PacketParams(nic_scheduling=nic))
     assert r.status == "done"
     s, f = r.start_ps, r.finish_ps
     # The barrier waits for both senders (last ACK after the receiver finished).

@@ -74,14 +74,15 @@ def _assert_same(s, batch, finish):
     assert np.array_equal(s.link_bytes(), batch.link_bytes)
 
 
-@settings(max_examples=12)
-@given(st.integers(0, 2**31))
-def test_injected_starts_and_capacity_changes_match_a_batch_run(seed):
+@settings(max_examples=16)
+@given(st.integers(0, 2**31), st.sampled_from(packetsim.NIC_SCHEDULING))
+def test_injected_starts_and_capacity_changes_match_a_batch_run(seed, nic):
     src, dst, size, start, routes, events = _scenario(seed)
+    params = PARAMS._replace(nic_scheduling=nic)
     batch = simulate_flows(FAB, src, dst, size, start, capacity_events=events, seed=seed,
-                           engine="packet", packet_params=PARAMS)
+                           engine="packet", packet_params=params)
     assert batch.status == "done"
-    s = PacketSession.for_fabric(FAB, routes, size, params=PARAMS)
+    s = PacketSession.for_fabric(FAB, routes, size, params=params)
     finish = _drive(s, start, events)
     _assert_same(s, batch, finish)
     assert s.next_event_ps() == INF

@@ -484,6 +484,27 @@ def test_round_robin_nic_serves_a_small_flow_between_a_large_ones_packets():
     assert fct["fifo"] > 3 * bound, (fct, bound)
 
 
+def test_waiting_for_a_round_robin_nic_is_not_a_timeout():
+    """50 flows share one NIC with a 20 us RTO, far shorter than one round of the NIC (50 x 720 ns
+    per packet each): with FIFO NICs the queued windows time out (spurious retransmissions); with
+    a round-robin NIC a flow waiting for its turn has nothing outstanding, so its timer disarms."""
+    topo = Topo()
+    nic = topo.duplex(100e9, US)
+    routes = [[nic, topo.duplex(100e9, US)] for _ in range(50)]
+    base = PacketParams(min_rto_ps=20 * US, init_rto_ps=20 * US, buffer_pkts=100_000, ecn_k_pkts=100_000)
+    mss = base.mtu_bytes - base.hdr_bytes
+    size, start = [60 * mss] * 50, [0] * 50
+    timeouts = {}
+    for nic_mode in ("fifo", "round-robin"):
+        out, ref = compare(routes, topo, size, start, params=base._replace(nic_scheduling=nic_mode))
+        timeouts[nic_mode] = (ref["timeouts"], out.stats["retransmissions"])
+        if nic_mode == "round-robin":  # the NIC never idles: ideal serialization plus the path
+            ideal = 50 * 60 * ser_ps(base.mtu_bytes, 100e9)
+            assert out.finish_ps.max() <= ideal + ser_ps(base.mtu_bytes, 100e9) + 2 * US
+    assert timeouts["round-robin"] == (0, 0)
+    assert timeouts["fifo"][0] > 0 and timeouts["fifo"][1] > 0
+
+
 def jain(x):
     x = np.asarray(x, float)
     return x.sum() ** 2 / (x.shape[0] * (x ** 2).sum())
@@ -562,17 +583,19 @@ def test_b2_fifo_nic_is_later_by_head_of_line_blocking():
     assert rr < fifo <= 0.10, (rr, fifo)
 
 
-def test_determinism():
+@pytest.mark.parametrize("nic", ["fifo", "round-robin"])
+def test_determinism(nic):
     """Same inputs twice -> bit-identical outputs (incast with drops, timeouts and an outage;
     and a fat-tree permutation through simulate_flows)."""
     routes, topo, size, start, events, params = incast_case()
+    params = params._replace(nic_scheduling=nic)
     cap, delay, reverse = topo.arrays()
     a = run_kernel(routes, cap, delay, reverse, size, start, events, params)
     b = run_kernel(routes, cap, delay, reverse, size, start, events, params)
     assert_outputs_identical(a, b)
     fab = fat_tree(32, 100)
     src, dst = permutation(32, np.random.default_rng(5))
-    params = PacketParams(buffer_pkts=30, ecn_k_pkts=5)
+    params = PacketParams(buffer_pkts=30, ecn_k_pkts=5, nic_scheduling=nic)
     a = simulate_flows(fab, src, dst, 500_000, engine="packet", packet_params=params)
     b = simulate_flows(fab, src, dst, 500_000, engine="packet", packet_params=params)
     assert_outputs_identical(a, b)
