@@ -39,6 +39,7 @@ from fabricsim.engine import FlowSession, PacketSession
 from fabricsim.errors import require
 from fabricsim.fabric import Fabric
 from fabricsim.kernels import dag, flowsim
+from fabricsim.kernels.routing import rename_links
 from fabricsim.workload.taskgraph import COMM, COMPUTE, OP_PARALLELISM, OPS, TaskGraph
 
 __all__ = ["run_iteration", "IterationResult", "MODES", "BREAKDOWN_KINDS"]
@@ -172,6 +173,7 @@ class _Isolated:
         self.engine, self.packet_params = engine, packet_params
         self.memo = {}
         self.simulated = 0
+        self.scratch = np.full(fabric.n_links, -1, np.int64)  # for rename_links
 
     def duration_ps(self, lo, hi, capacity_bps) -> int:
         if hi == lo:
@@ -181,13 +183,11 @@ class _Isolated:
         size = self.size[lo:hi]
         # links renamed by first appearance: collectives that are the same flow problem up to
         # the names of their links (e.g. the same all-to-all in another pod) share one entry
-        _, first, inverse = np.unique(rl, return_index=True, return_inverse=True)
-        rank = np.empty(first.size, np.int64)
-        rank[np.argsort(first)] = np.arange(first.size)
+        local, used = rename_links(rl, self.scratch)
         h = hashlib.blake2b(digest_size=16)
-        back = self.fabric.links.reverse[rl]  # the packet engine's ACK path
-        for a in (rp, rank[inverse], size, capacity_bps[rl], self.fabric.links.delay_ps[rl],
-                  capacity_bps[back], self.fabric.links.delay_ps[back]):
+        back = self.fabric.links.reverse[used]  # the packet engine's ACK path
+        delay = self.fabric.links.delay_ps
+        for a in (rp, local, size, capacity_bps[used], delay[used], capacity_bps[back], delay[back]):
             h.update(np.ascontiguousarray(a).tobytes())
         key = h.digest()
         if key not in self.memo:
@@ -339,7 +339,9 @@ def _contended(ptr, route_ptr, route_links, start, finish, n_links) -> int:
     tasks = np.flatnonzero(np.diff(ptr))
     if tasks.size < 2:
         return 0
-    links = [np.unique(route_links[route_ptr[ptr[t]]:route_ptr[ptr[t + 1]]]) for t in tasks]
+    scratch = np.full(n_links, -1, np.int64)
+    links = [rename_links(route_links[route_ptr[ptr[t]]:route_ptr[ptr[t + 1]]], scratch)[1]
+             for t in tasks]  # each task's distinct links
     events = sorted([(int(finish[t]), 0, i) for i, t in enumerate(tasks)]
                     + [(int(start[t]), 1, i) for i, t in enumerate(tasks)])
     busy = np.zeros(n_links, np.int64)  # collectives in flight on each link

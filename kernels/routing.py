@@ -80,3 +80,29 @@ def route_clos(src, dst, seed, host_edge, host_up, host_down, host_server, nvl_u
             links[p + 2] = agg_up[a_s, v]
             links[p + 3] = agg_down[a_d, v]
     return ptr, links, kind
+
+
+@njit
+def rename_links(route_links, scratch):
+    """Name the links of ``route_links`` (int64[n]) 0, 1, ... in order of first appearance.
+
+    ``scratch int64[L]`` must be all -1 on entry; it is restored on exit. Returns
+    ``(local int64[n], links int64[k])``: ``local[i]`` is the new name of ``route_links[i]`` and
+    ``links[j]`` the link named ``j``. Two route sets with equal ``local`` (and equal route
+    pointers) are the same paths up to the names of their links."""
+    n = route_links.shape[0]
+    local = np.empty(n, np.int64)
+    links = np.empty(n, np.int64)
+    k = 0
+    for i in range(n):
+        link = route_links[i]
+        j = scratch[link]
+        if j < 0:
+            j = k
+            scratch[link] = k
+            links[k] = link
+            k += 1
+        local[i] = j
+    for j in range(k):
+        scratch[links[j]] = -1
+    return local, links[:k]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fabricsim.fabric import fat_tree, mixnet
+from fabricsim.kernels.routing import rename_links
 from fabricsim.ocs.controller import make_controller
 from fabricsim.runner import BREAKDOWN_KINDS, run_iteration
 from fabricsim.workload import WorkloadConfig, build_iteration
@@ -193,3 +196,20 @@ def test_predict_policy_with_a_trained_predictor():
     reuse = run_point(Point(policy="reuse-previous", **base))
     assert pred["reconfigurations"] > reuse["reconfigurations"] > 0
     assert pred["iteration_time_s"] >= pred["compute_bound_s"]
+
+
+def _rename_reference(links):
+    """Names by first appearance, with a dict."""
+    names = {}
+    for link in links:
+        names.setdefault(link, len(names))
+    return [names[link] for link in links], list(names)
+
+
+@given(st.lists(st.integers(0, 19), max_size=60))
+def test_rename_links_matches_reference_and_restores_scratch(links):
+    scratch = np.full(20, -1, np.int64)
+    local, used = rename_links(np.array(links, np.int64), scratch)
+    ref_local, ref_used = _rename_reference(links)
+    assert local.tolist() == ref_local and used.tolist() == ref_used
+    assert np.all(scratch == -1)
