@@ -77,7 +77,7 @@ def _cmd_run(args) -> int:
     print(f"fabric       {s['fabric']}")
     print(f"traffic      {scenario.traffic.pattern}: {s['flows']:,} flows, {gb:.3f} GB")
     how = (f"tolerance {scenario.run.tolerance:g}" if scenario.run.engine == "flow"
-           else f"DCTCP, {scenario.packet.mtu_bytes} B packets")
+           else f"DCTCP, {scenario.packet.mtu_bytes} B packets, {scenario.packet.nic_scheduling} NICs")
     print(f"engine       {scenario.run.engine} ({how}): {stats['wall_s']:.2f} s wall, {stats['events']:,} events")
     status = "" if s["status"] == "done" else f"  [{s['status']}: {s['flows'] - s['flows_finished']:,} flows unfinished]"
     print(f"completion   {format_time(s['completion_ps'])}{status}")
