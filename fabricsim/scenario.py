@@ -10,7 +10,6 @@ import numpy as np
 from fabricsim import traffic as traffic_mod
 from fabricsim.config import Scenario
 from fabricsim.simulate import FlowResult, simulate_flows
-from fabricsim.traces import RunTrace
 from fabricsim.traces.schema import SCHEMA_VERSION, _jsonable, replaced_on_success
 
 __all__ = ["run_scenario", "summarize"]
@@ -54,6 +53,8 @@ def run_scenario(scenario: Scenario, out_dir=None, progress=None) -> tuple[FlowR
     resolved["fabric_resolved"] = fabric.params
     trace = None
     if out_dir is not None:
+        from fabricsim.traces import RunTrace  # PyArrow and h5py only when traces are written
+
         sample_ps = int(round(scenario.run.sample_us * 1e6)) or None
         trace = RunTrace(out_dir, fabric=fabric, scenario=resolved, sample_ps=sample_ps)
     try:

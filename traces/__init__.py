@@ -8,10 +8,22 @@ Every file carries ``fabricsim.schema_version`` and the resolved scenario (JSON)
 Streams are flushed batch by batch, so a run killed half-way leaves readable files.
 """
 
-from fabricsim.traces.flows import FLOW_SCHEMA, FlowTraceWriter, read_flow_trace, to_parquet
-from fabricsim.traces.links import LinkTraceWriter, read_link_trace
-from fabricsim.traces.run import RunTrace
-from fabricsim.traces.schema import SCHEMA_VERSION, read_metadata
+import importlib
 
-__all__ = ["FLOW_SCHEMA", "FlowTraceWriter", "read_flow_trace", "to_parquet", "LinkTraceWriter",
-           "read_link_trace", "RunTrace", "SCHEMA_VERSION", "read_metadata"]
+# Imported on first use (PEP 562): PyArrow and h5py cost about 40 MiB of memory and are not
+# needed by runs that write no traces (sweep workers, the engines on their own).
+_WHERE = {"FLOW_SCHEMA": "flows", "FlowTraceWriter": "flows", "read_flow_trace": "flows",
+          "to_parquet": "flows", "LinkTraceWriter": "links", "read_link_trace": "links",
+          "RunTrace": "run", "SCHEMA_VERSION": "schema", "read_metadata": "schema"}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fabricsim.traces.{_WHERE[name]}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
