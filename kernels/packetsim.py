@@ -336,6 +336,12 @@ def new_state(route_ptr, route_links, ack_links, start_ps, size_bytes, capacity_
     )
 
 
+@njit(inline="always")
+def _ser_ps(size_bytes, capacity_bps):
+    """Serialization time (ps) of ``size_bytes`` at ``capacity_bps`` > 0: ``ceil(b * 8e12 / c)``."""
+    return np.int64(np.ceil(size_bytes * 8e12 / capacity_bps))
+
+
 def _tx_classes(capacity_bps, params: PacketParams):
     """The serialization times that get a TX_DONE ring (int64[<= MAX_TX_CLASSES]): a full-size data
     packet's and an ACK's at the link capacities, the most common capacities first."""
@@ -343,10 +349,9 @@ def _tx_classes(capacity_bps, params: PacketParams):
     ser = []
     for c in caps[np.argsort(-counts, kind="stable")]:
         for size in (params.mtu_bytes, params.hdr_bytes):
-            t = np.ceil(np.int64(size) * 8e12 / c)  # as _start_tx computes it
-            if t >= 2.0**62:  # absurdly slow (below 0.01 bit/s): leave it to the heap
+            if size * 8e12 / c >= 2.0**62:  # absurdly slow (below 0.01 bit/s): leave it to the heap
                 continue
-            t = int(t)
+            t = int(_ser_ps(np.int64(size), c))
             if t not in ser and len(ser) < MAX_TX_CLASSES:
                 ser.append(t)
     return np.array(ser, np.int64)
@@ -358,8 +363,8 @@ def _set_tx_classes(lk, lcap, params, l):
     lk[l, L_TXC_DATA] = -1
     lk[l, L_TXC_ACK] = -1
     if lcap[l] > 0.0:
-        t_data = np.int64(np.ceil(params[K_MTU] * 8e12 / lcap[l]))
-        t_ack = np.int64(np.ceil(params[K_HDR] * 8e12 / lcap[l]))
+        t_data = _ser_ps(params[K_MTU], lcap[l])
+        t_ack = _ser_ps(params[K_HDR], lcap[l])
         for c in range(params[K_N_TXC]):
             if params[K_TX_SER + c] == t_data:
                 lk[l, L_TXC_DATA] = c
@@ -573,8 +578,7 @@ def _start_tx(pk, lk, lcap, tx, clock, params, l, now):
         k = C_TXR + 2 * c
         _ring_push(tx[c + 1], clock[k:k + 2], now + params[K_TX_SER + c], _take_seq(clock), l)
     else:
-        ser = np.int64(np.ceil(size * 8e12 / lcap[l]))
-        _heap_push(tx[0], clock[C_TX_SIZE], now + ser, _take_seq(clock), l)
+        _heap_push(tx[0], clock[C_TX_SIZE], now + _ser_ps(size, lcap[l]), _take_seq(clock), l)
         clock[C_TX_SIZE] += 1
 
 
@@ -667,6 +671,17 @@ def _window_allows(fi, ff, f, mss):
     return fi[f, F_NEXT] < fi[f, F_NPKTS] and (fi[f, F_NEXT] - fi[f, F_ACKED] + 1) * mss <= ff[f, W_CWND]
 
 
+@njit(inline="always")
+def _send_next(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, now):
+    """Send flow ``f``'s packet ``next_seq`` (a retransmission if below the highest sequence
+    sent) and advance ``next_seq`` and the highest sequence sent."""
+    seq = fi[f, F_NEXT]
+    _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, seq, now, seq < fi[f, F_HIGH])
+    fi[f, F_NEXT] = seq + 1
+    if seq + 1 > fi[f, F_HIGH]:
+        fi[f, F_HIGH] = seq + 1
+
+
 @njit(refcount=False)
 def _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now):
     """Send new packets while the window allows, at most ``burst`` now (the rest in a SEND event);
@@ -691,18 +706,9 @@ def _send(pk, lk, lcap, fi, ff, tx, tm, sd, clock, params, route_links, f, now):
         if sent == params[K_BURST]:
             if fi[f, F_SENDQ] == 0:
                 fi[f, F_SENDQ] = 1
-                n = sd.shape[0]
-                i = (clock[C_SD_HEAD] + clock[C_SD_COUNT]) % n
-                sd[i, 0] = now
-                sd[i, 1] = _take_seq(clock)
-                sd[i, 2] = f
-                clock[C_SD_COUNT] += 1
+                _ring_push_any(sd, clock[C_SD_HEAD:C_SD_COUNT + 1], now, _take_seq(clock), f)
             return
-        seq = fi[f, F_NEXT]
-        _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, seq, now, seq < fi[f, F_HIGH])
-        fi[f, F_NEXT] = seq + 1
-        if seq + 1 > fi[f, F_HIGH]:
-            fi[f, F_HIGH] = seq + 1
+        _send_next(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, now)
         sent += 1
 
 
@@ -717,11 +723,7 @@ def _pull(pk, lk, lcap, fi, ff, tx, tm, clock, params, route_links, l, now):
         f = fi[tail, F_RR_NEXT]  # the head
         sent = _window_allows(fi, ff, f, mss)
         if sent:
-            seq = fi[f, F_NEXT]
-            _send_data(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, seq, now, seq < fi[f, F_HIGH])
-            fi[f, F_NEXT] = seq + 1
-            if seq + 1 > fi[f, F_HIGH]:
-                fi[f, F_HIGH] = seq + 1
+            _send_next(pk, lk, lcap, fi, tx, tm, clock, params, route_links, f, now)
             if _window_allows(fi, ff, f, mss):
                 lk[l, L_RR_TAIL] = f  # the head becomes the tail
                 return
