@@ -111,8 +111,8 @@ def _gap_cells(group) -> str:
 
 
 def synthetic_table(records, alpha: int) -> str:
-    rows = [f"| R | experts, top-k | skew | instances | paper / minmax (mean / max) "
-            f"| reference / minmax (mean / max) | minmax exact |",
+    rows = ["| R | experts, top-k | skew | instances | paper / minmax (mean / max) "
+            "| reference / minmax (mean / max) | minmax exact |",
             "|---|---|---|---|---|---|---|"]
     for servers, experts, top_k in REGIONS:
         for skew in SKEWS:
