@@ -4,48 +4,78 @@ Every kernel is compiled through :func:`njit` from this module, never through a 
 ``numba.njit(...)``: serial kernels are cached on disk (``cache=True``), never use
 ``fastmath`` (results must be bit-identical run to run) and release the GIL.
 
-If no cache directory is writable (a read-only install with no ``NUMBA_CACHE_DIR``),
-caching is switched off with a warning instead of failing at import time.
+Where the cache lives (:data:`CACHE_DIR`): ``NUMBA_CACHE_DIR`` when it is set, else a per-user
+folder, ``$XDG_CACHE_HOME/fabricsim/numba`` (``~/.cache/fabricsim/numba``; ``~/Library/Caches``
+on macOS, ``%LOCALAPPDATA%`` on Windows). Never inside the installed package: Numba's own default
+writes ``__pycache__`` folders beside the sources, files pip does not know about, which survive
+``pip uninstall`` and then shadow a later editable install as a namespace package. The chosen
+folder is exported as ``NUMBA_CACHE_DIR`` so that worker processes use the same one;
+``fabricsim --version`` prints it. If no folder is writable, caching is switched off with a
+warning instead of failing at import time.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import warnings
 
-import numba
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
-
-__all__ = ["njit", "prefetch_row", "CACHE_ENABLED"]
+__all__ = ["njit", "prefetch_row", "CACHE_ENABLED", "CACHE_DIR", "user_cache_dir"]
 
 
-def _cache_writable() -> bool:
-    """True when Numba will be able to write its on-disk cache for this package."""
-    cache_dir = os.environ.get("NUMBA_CACHE_DIR")
-    if cache_dir:
-        try:
-            os.makedirs(cache_dir, exist_ok=True)
-            with tempfile.TemporaryFile(dir=cache_dir):
-                pass
-            return True
-        except OSError:
-            return False
-    # Numba's default locator writes a __pycache__ beside the source file, and falls back to
-    # a user-wide cache directory; accept either.
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(os.path.dirname(here), "kernels"), here):
-        if os.access(candidate, os.W_OK):
-            return True
-    user_cache = os.path.join(os.path.expanduser("~"), ".cache")
-    return os.access(user_cache if os.path.isdir(user_cache) else os.path.expanduser("~"), os.W_OK)
+def user_cache_dir() -> str:
+    """The per-user folder of fabricsim's Numba cache (the platform's user cache directory)."""
+    if sys.platform == "win32":  # pragma: no cover - platform dependent
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
+        return os.path.join(base, "fabricsim", "Cache", "numba")
+    if sys.platform == "darwin":  # pragma: no cover - platform dependent
+        return os.path.join(os.path.expanduser("~"), "Library", "Caches", "fabricsim", "numba")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fabricsim", "numba")
 
 
-CACHE_ENABLED = _cache_writable()
-if not CACHE_ENABLED:  # pragma: no cover - depends on the install
+def _writable(folder: str) -> bool:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def _choose_cache_dir() -> str | None:
+    """``NUMBA_CACHE_DIR`` if set, else the user cache folder, else a per-user temporary folder;
+    None when none of them can be written."""
+    given = os.environ.get("NUMBA_CACHE_DIR")
+    if given:
+        return given if _writable(given) else None
+    uid = getattr(os, "getuid", lambda: "user")()
+    for candidate in (user_cache_dir(), os.path.join(tempfile.gettempdir(), f"fabricsim-numba-{uid}")):
+        if _writable(candidate):
+            return candidate
+    return None
+
+
+CACHE_DIR = _choose_cache_dir()
+CACHE_ENABLED = CACHE_DIR is not None
+if CACHE_ENABLED and os.environ.get("NUMBA_CACHE_DIR") != CACHE_DIR:
+    # Before Numba reads its configuration (imported below) or, if something imported it already,
+    # re-read: the cache locator is chosen when each @njit kernel is defined, after this point.
+    os.environ["NUMBA_CACHE_DIR"] = CACHE_DIR
+    if "numba" in sys.modules:
+        from numba.core import config as _numba_config
+
+        _numba_config.reload_config()
+
+import numba  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+if not CACHE_ENABLED:  # pragma: no cover - depends on the machine
     warnings.warn(
         "fabricsim: no writable Numba cache directory; kernels will be recompiled in every "
         "process. Set NUMBA_CACHE_DIR to a writable folder to cache them.",

@@ -127,7 +127,8 @@ def _workload(p: Point):
 
 def build_fabric(p: Point, graph):
     """The fabric of a point (and the OCS controller for MixNet)."""
-    from fabricsim.fabric import fat_tree, mixnet, rail_optimized
+    from fabricsim.fabric import fat_tree, rail_optimized
+    from fabricsim.mixnet import mixnet
 
     servers = p.gpus // 8
     if p.fabric == "fattree":

@@ -48,11 +48,33 @@ def test_quick_start_commands():
     assert os.path.isfile(os.path.join(ROOT, "examples", "small.toml"))
 
 
-def test_ci_runs_the_readme_test_command():
+def _quickstart_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quickstart", os.path.join(ROOT, ".ci", "quickstart.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ci_runs_the_readme_quick_start_in_order():
+    """CI extracts the two quick-start commands from the README and runs them, in order."""
+    commands = _quickstart_module().quickstart_commands(readme())
+    assert commands == ["pip install . && fabricsim reproduce --quick", TEST_COMMAND]
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read()
-    commands = [ln.strip() for ln in ci.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    assert TEST_COMMAND in commands
+    assert "python .ci/quickstart.py README.md" in ci
+    first, second = ci.index('"${commands[0]}"'), ci.index('"${commands[1]}"')
+    assert first < second
+    assert "bash .ci/reinstall" in ci[second:]
+
+
+def test_quickstart_extraction_needs_the_section():
+    qs = _quickstart_module()
+    with pytest.raises(SystemExit):
+        qs.quickstart_commands("# x\n## Usage\n```bash\nls\n```\n## End\n")
+    assert qs.quickstart_commands("## Quick start\n\n```bash\na && b\n# note\nc\n```\n## Next\n") == \
+        ["a && b", "c"]
 
 
 def test_readme_small_toml_block_matches_example():
