@@ -596,7 +596,7 @@ def add_parser(sub) -> None:
                                    "speed (or a sensitivity study); print the table, write "
                                    "results.parquet (after every finished point) and figures.")
     r.add_argument("--study", choices=STUDIES, default="main")
-    r.add_argument("--quick", action="store_true", help="128 GPUs, 2 models, 100/400 Gbps (~10 s)")
+    r.add_argument("--quick", action="store_true", help="128 GPUs, 2 models, 100/400 Gbps (~15 s)")
     r.add_argument("--out", help="output directory (default fabricsim-out/reproduce-STUDY[-quick])")
     r.add_argument("--models", help="comma-separated subset of the paper's models")
     r.add_argument("--link-gbps", help="comma-separated link speeds (default 100,200,400,800; "
