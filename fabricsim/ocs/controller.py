@@ -28,8 +28,12 @@ Policies (reference ``mfabric.md`` 3.2-3.3; ``oracle-blocking`` is the released 
 ``static``
     Never re-wires: the initial (seeded random) circuits throughout.
 
-A communication task of a region that is re-wiring waits until the re-wiring ends (its flows would
-be held by the circuits at capacity 0 anyway); EPS traffic of other tasks is unaffected.
+A communication task of a region that is re-wiring waits until the re-wiring ends (with
+``hold="region"`` its flows would be held by the circuits at capacity 0 anyway; so ``hold`` only
+decides which links the capacity events take down, not when tasks start); EPS traffic of other
+tasks is unaffected. A region never re-wires before the all-to-all planned on its current circuits
+is done: a re-wiring triggered earlier (e.g. by a computation that starts before the previous
+layer's backward dispatch has run) waits for it.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class RegionalController:
         self.in_flight = np.zeros(rt.n_regions, np.int64)  # all-to-alls ready or running
         self.pending = [dict() for _ in range(rt.n_regions)]  # served task -> (cfg, key, phase)
         self.last_key = [None] * rt.n_regions
+        self.a2a_done = np.zeros(graph.n_tasks, bool)
         self.configs = []  # (region, int64[R, R])
         self.task_group = np.full(graph.n_tasks, -1, np.int64)
         self.task_region = np.full(graph.n_tasks, -1, np.int64)
@@ -128,9 +133,10 @@ class RegionalController:
         g = self.graph
         # task -> [(kind, region, config, key, served task)]; kind "ready" | "start" | "done":
         # when the task becomes ready, starts computing or is done, the region re-wires for the
-        # served all-to-all (at once if the region's OCS is idle, else when it becomes idle)
+        # served all-to-all (at once if the region's OCS is idle and the all-to-all before the
+        # served one is done, else when both hold)
         self.trigger = {}
-        self.next_a2a = {}
+        self.next_a2a = {}  # all-to-all -> the region's next one
         state = {reg: self._add_config(reg, self.rt.circuits[reg]) for reg in range(self.rt.n_regions)}
         prev_actual = {}
         last = {}
@@ -168,22 +174,24 @@ class RegionalController:
                     ("start" if feeder >= 0 else "ready", reg, exact, key, t))
                 state[reg] = exact
             self.task_group[t] = state[reg]
+        self.prev_a2a = {nxt: t for t, nxt in self.next_a2a.items()}
 
     def _first_compute_pred(self, task, depth: int = 3) -> int:
         """The earliest-created computation feeding ``task``: among its predecessors, else through
         up to ``depth`` levels of communication (a TP all-reduce, a PP transfer from the next
         stage, whose computation is then the "later layer" the re-wiring hides behind); -1 if
-        none."""
+        none. Never through an all-to-all: the computation before the previous layer's backward
+        dispatch runs while that dispatch still needs the previous layer's circuits."""
         g = self.graph
         frontier = np.array([task])
         for _ in range(depth):
             preds = np.concatenate([g.pred[g.pred_ptr[p]:g.pred_ptr[p + 1]] for p in frontier])
-            if not preds.size:
-                return -1
             comp = preds[g.kind[preds] == COMPUTE]
             if comp.size:
                 return int(comp.min())
-            frontier = np.unique(preds)
+            frontier = np.unique(preds[~np.isin(g.op[preds], _A2A)])
+            if not frontier.size:
+                return -1
         return -1
 
     def _predicted(self, region, key, prev_key):
@@ -252,14 +260,16 @@ class RegionalController:
         return changes
 
     def _fire(self, task, kind, t):
-        """Re-wirings triggered by ``task`` (``kind``): now if the region's OCS is idle, else
-        deferred until its all-to-all in flight is done."""
+        """Re-wirings triggered by ``task`` (``kind``): now if the region's OCS is idle and the
+        all-to-all before the served one is done, else deferred until it is done."""
         changes = []
         for k, reg, cfg, key, served in self.trigger.get(task, ()):
             if k != kind:
                 continue
             phase = OPS[self.graph.op[task]] if kind != "start" else "compute-start"
-            if self.in_flight[reg] and served != task:
+            prev = self.prev_a2a.get(served)
+            if (self.in_flight[reg] and served != task) or (prev is not None
+                                                            and not self.a2a_done[prev]):
                 self.pending[reg][served] = (cfg, key, phase)
             else:
                 changes += self._reconfigure(reg, cfg, t, key, phase)
@@ -289,6 +299,7 @@ class RegionalController:
         changes = []
         if reg >= 0:
             self.in_flight[reg] -= 1
+            self.a2a_done[task] = True
             changes += self._fire(task, "done", t)
             nxt = self.next_a2a.get(task)
             if nxt is not None and not self.in_flight[reg]:
