@@ -53,6 +53,7 @@ __all__ = [
     "ITEMS",
     "FIBER_USD_PER_M",
     "FIBER_LENGTH_M",
+    "MAX_GPUS",
     "Prices",
     "DEFAULT_PRICES",
     "load_prices",
@@ -84,6 +85,10 @@ ITEMS = MappingProxyType({
 })
 FIBER_USD_PER_M = 0.3
 FIBER_LENGTH_M = 500.0
+#: The largest cluster priced: 10^6 GPUs, several times the largest GPU clusters built. The closed
+#: forms assume a 3-tier fat-tree (10^6 hosts need 160-port switches: k^3 / 4 >= 10^6), and
+#: ``fat_tree_3to1`` builds the fabric to count it (10^6 GPUs: about 7 s and 0.8 GB).
+MAX_GPUS = 1_000_000
 
 
 def _check_price(value, name):
@@ -269,6 +274,9 @@ def bill_of_materials(fabric: str, gpus: int, link_gbps: float, *, alpha: int = 
     require(isinstance(gpus, numbers.Integral) and not isinstance(gpus, bool) and gpus >= g
             and gpus % g == 0, "cost.gpus",
             f"must be a positive multiple of gpus_per_server={g} (whole servers), got {gpus!r}")
+    require(gpus <= MAX_GPUS, "cost.gpus",
+            f"must be at most {MAX_GPUS:,} (10^6 GPUs: the largest cluster the cost model "
+            f"prices), got {int(gpus):,}")
     require(isinstance(oversubscription, numbers.Real) and not isinstance(oversubscription, bool)
             and math.isfinite(oversubscription) and oversubscription >= 1, "cost.oversubscription",
             f"must be a number >= 1 (r for r:1), got {oversubscription!r}")
@@ -429,6 +437,15 @@ def _usd(x: float) -> str:
     return f"${x:,.0f}" if float(x).is_integer() else f"${x:,.2f}"
 
 
+def _text_table(cells: list, align: str, min_widths: tuple) -> list:
+    """Rows of strings as lines: column ``j`` aligned by ``align[j]`` (``<`` or ``>``) in a width
+    of at least ``min_widths[j]`` and of its longest cell plus two spaces, so that neighbouring
+    columns never touch, whatever the numbers."""
+    widths = [max(m, 2 + max(len(row[j]) for row in cells)) for j, m in enumerate(min_widths)]
+    return ["  " + "".join(f"{c:{a}{w}}" for c, a, w in zip(row, align, widths)).rstrip()
+            for row in cells]
+
+
 def format_bom(bom: BillOfMaterials) -> str:
     """The bill of materials as a text table."""
     extra = ""
@@ -436,25 +453,24 @@ def format_bom(bom: BillOfMaterials) -> str:
         extra = f", alpha {bom.params['alpha']}"
     if "oversubscription" in bom.params:
         extra = f", {bom.params['oversubscription']:g}:1"
+    cells = [("item", "count", "unit", "subtotal")]
+    cells += [(label, f"{count:,}", _usd(unit), _usd(sub)) for label, count, unit, sub in bom.rows]
+    cells += [("total", "", "", _usd(bom.total_usd)), ("per GPU", "", "", _usd(bom.per_gpu_usd))]
     lines = [f"{bom.fabric}: {bom.gpus} GPUs ({bom.gpus // bom.params.get('gpus_per_server', 1)} "
-             f"servers), {bom.link_gbps} Gbps{extra}",
-             f"  {'item':<18}{'count':>10}{'unit':>12}{'subtotal':>16}"]
-    for label, count, unit, sub in bom.rows:
-        lines.append(f"  {label:<18}{count:>10,}{_usd(unit):>12}{_usd(sub):>16}")
-    lines.append(f"  {'total':<18}{'':>10}{'':>12}{_usd(bom.total_usd):>16}")
-    lines.append(f"  {'per GPU':<18}{'':>10}{'':>12}{_usd(bom.per_gpu_usd):>16}")
+             f"servers), {bom.link_gbps} Gbps{extra}"]
+    lines += _text_table(cells, "<>>>", (18, 10, 12, 16))
     lines.extend(f"  note: {n}" for n in bom.notes)
     return "\n".join(lines)
 
 
 def format_cost_table(rows: list[dict], gpus: int) -> str:
     """A comparison table (rows of :func:`cost_table`), with the mean ratio over speeds per fabric."""
-    lines = [f"network cost for {gpus} GPUs",
-             f"  {'Gbps':>5}  {'fabric':<16}{'total':>16}{'per GPU':>12}{'vs fat-tree':>13}"
-             f"{'fat-tree/this':>15}"]
-    for r in rows:
-        lines.append(f"  {r['link_gbps']:>5}  {r['fabric']:<16}{_usd(r['total_usd']):>16}"
-                     f"{_usd(r['per_gpu_usd']):>12}{r['vs_fat_tree']:>13.3f}{r['fat_tree_over']:>14.2f}x")
+    cells = [("Gbps", "  fabric", "total", "per GPU", "vs fat-tree", "fat-tree/this")]
+    cells += [(str(r["link_gbps"]), f"  {r['fabric']}", _usd(r["total_usd"]),
+               _usd(r["per_gpu_usd"]), f"{r['vs_fat_tree']:.3f}", f"{r['fat_tree_over']:.2f}x")
+              for r in rows]
+    lines = [f"network cost for {gpus} GPUs"]
+    lines += _text_table(cells, "><>>>>", (5, 18, 16, 12, 13, 15))
     speeds = sorted({r["link_gbps"] for r in rows})
     if len(speeds) > 1:
         lines.append(f"  mean over {', '.join(map(str, speeds))} Gbps of fat-tree / fabric:")
@@ -469,9 +485,19 @@ _CLI_FIELDS = {"cost.fabric": "--fabric", "cost.gpus": "--gpus", "cost.link_gbps
                "cost.gpus_per_server": "--gpus-per-server"}
 
 
+def _gpus_arg(text: str) -> int:
+    """``--gpus``: a whole number written out (``1e6`` is refused, not rounded)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError("--gpus", f"must be a whole number of GPUs written out, e.g. 1024 or "
+                                    f"1000000, got {text!r}") from None
+
+
 def _cmd_cost(args) -> int:
     import json
 
+    gpus = _gpus_arg(args.gpus)
     try:
         prices = load_prices(args.prices) if args.prices else DEFAULT_PRICES
         if args.link_gbps == "all":
@@ -488,13 +514,13 @@ def _cmd_cost(args) -> int:
             require(args.oversubscription == 1.0, "--oversubscription",
                     "is for a single --fabric fat_tree; the comparison includes fat_tree_3to1")
             fabrics = FABRICS if args.fabric == "all" else (args.fabric,)
-            rows = cost_table(args.gpus, speeds, fabrics, alpha=args.alpha, **kw)
+            rows = cost_table(gpus, speeds, fabrics, alpha=args.alpha, **kw)
             if args.json:
-                print(json.dumps({"gpus": args.gpus, "alpha": args.alpha, "rows": rows}, indent=2))
+                print(json.dumps({"gpus": gpus, "alpha": args.alpha, "rows": rows}, indent=2))
             else:
-                print(format_cost_table(rows, args.gpus))
+                print(format_cost_table(rows, gpus))
             return 0
-        bom = bill_of_materials(args.fabric, args.gpus, speeds[0], alpha=args.alpha,
+        bom = bill_of_materials(args.fabric, gpus, speeds[0], alpha=args.alpha,
                                 oversubscription=args.oversubscription, **kw)
     except ConfigError as exc:
         if exc.field in _CLI_FIELDS:
@@ -514,7 +540,8 @@ def add_parser(sub) -> None:
                     "the ratio to the fat-tree.")
     c.add_argument("--fabric", required=True, metavar="NAME",
                    help=f"{', '.join(FABRICS)}, or all")
-    c.add_argument("--gpus", type=int, required=True, metavar="N", help="GPUs (one NIC each), whole servers")
+    c.add_argument("--gpus", required=True, metavar="N",
+                   help=f"GPUs (one NIC each), whole servers, at most {MAX_GPUS:,}")
     c.add_argument("--link-gbps", required=True, metavar="B",
                    help="NIC speed in Gbps (priced: 100, 200, 400, 800), a comma list, or all")
     c.add_argument("--alpha", type=int, default=6, help="OCS NICs per server (mixnet; default 6)")

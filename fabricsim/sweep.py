@@ -21,10 +21,12 @@ A sweep file (TOML) is a base point plus axes::
     alpha = [2, 4, 6]              # [[zip]] tables give several zipped axes
     delay_ms = [1, 10, 25]
 
-Points are the product of the grid axes, the zipped axes and the seeds, in file order. Each point
-is a :class:`~fabricsim.experiment.Point` whose resolved parameters (``dp`` and
-``micro_batches`` filled in) give its id (:func:`fabricsim.experiment.point_id`), the same id
-that :func:`~fabricsim.experiment.run_point` writes into its result row.
+Points are the product of the grid axes, the zipped axes and the seeds, in file order; a file
+with ``[base]`` alone is that one point, and a file with neither ``[base]`` nor an axis is an
+error (not one default point). Each point is a :class:`~fabricsim.experiment.Point` whose
+resolved parameters (``dp`` and ``micro_batches`` filled in) give its id
+(:func:`fabricsim.experiment.point_id`), the same id that
+:func:`~fabricsim.experiment.run_point` writes into its result row.
 
 Output folder ``DIR``::
 
@@ -52,6 +54,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -275,6 +278,11 @@ def parse_sweep(data: dict, *, source: Optional[str] = None, name: Optional[str]
         claim(["seed"], "seeds")
         axes.append((("seed",), [(x,) for x in seeds]))
 
+    # a file with a [base] table (even an empty one: the default point on purpose) or an axis
+    # has points; one with neither (empty, or only name / description) is a mistake
+    require("base" in data or axes, "sweep",
+            f"no points{f' in {source}' if source else ''}: give a [base] point and/or [grid] / "
+            "[zip] axes or seeds")
     definition = {"name": sweep_name, "base": base, "grid": grid,
                   "zip": zips, "seeds": seeds}
     if "description" in data:
@@ -337,6 +345,7 @@ def sweep_from_points(points: Iterable[Point], name: str = "points") -> Sweep:
         pts.append(p)
         ids.append(pid)
         params.append(resolved)
+    require(len(pts) > 0, "points", "no points: give at least one fabricsim.experiment.Point")
     varied = tuple(k for k in _FIELDS
                    if len({json.dumps(q[k], sort_keys=True) for q in params}) > 1)
     return Sweep(name=name, points=tuple(pts), ids=tuple(ids), params=tuple(params), axes=varied,
@@ -437,7 +446,9 @@ _PRELOAD = ["fabricsim.sweep", "fabricsim.experiment", "fabricsim.runner", "fabr
             "fabricsim.fabric", "fabricsim.ocs.controller", "fabricsim.topoopt", "fabricsim.cost"]
 
 
-def _mp_context(start_method: Optional[str]):
+def _start_method(start_method: Optional[str]) -> str:
+    """The local pool's start method (default: forkserver where the platform has it, else
+    spawn); ConfigError for fork or one the platform lacks."""
     import multiprocessing as mp
 
     methods = mp.get_all_start_methods()
@@ -446,6 +457,19 @@ def _mp_context(start_method: Optional[str]):
     require(start_method in ("forkserver", "spawn") and start_method in methods, "start_method",
             f"must be forkserver or spawn (never fork after Numba); this platform has "
             f"{', '.join(m for m in methods if m != 'fork')}")
+    return start_method
+
+
+def _check_workers(workers) -> None:
+    require(workers is None or (isinstance(workers, int) and not isinstance(workers, bool)
+                                and workers >= 0),
+            "workers", f"must be a non-negative integer (0: in this process), got {workers!r}")
+
+
+def _mp_context(start_method: Optional[str]):
+    import multiprocessing as mp
+
+    start_method = _start_method(start_method)
     ctx = mp.get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(_PRELOAD)
@@ -567,6 +591,11 @@ def _iter_local(points: list, workers: int, start_method: Optional[str],
             suspects.sort(reverse=True)  # run them in their original order
 
 
+#: Seconds to reach a Dask scheduler, then for its first worker to join.
+_CONNECT_TIMEOUT_S = 20
+_WORKER_WAIT_S = 60
+
+
 def _dask_client(scheduler):
     try:
         from distributed import Client
@@ -577,10 +606,29 @@ def _dask_client(scheduler):
     require(isinstance(scheduler, str) and "://" in scheduler, "scheduler",
             f"must be a Dask scheduler address like tcp://HOST:8786, got {scheduler!r}")
     try:
-        client = Client(scheduler, timeout="20s")
+        client = Client(scheduler, timeout=f"{_CONNECT_TIMEOUT_S}s")
     except (OSError, TimeoutError) as exc:
         raise ConfigError("scheduler", f"cannot connect to {scheduler}: {exc}") from None
     return client, True
+
+
+def _dask_connect(scheduler):
+    """``(client, own)``: a client of ``scheduler`` (an address or a Client) with at least one
+    worker; ``own``: the caller closes it. ConfigError when unreachable or without workers."""
+    client, own = _dask_client(scheduler)
+    try:
+        client.wait_for_workers(1, timeout=_WORKER_WAIT_S)
+    except TimeoutError:
+        if own:
+            client.close()
+        raise ConfigError("scheduler", f"no Dask worker joined {client.scheduler.address} "
+                                       f"within {_WORKER_WAIT_S} s (start some: dask worker "
+                                       "ADDRESS)") from None
+    except BaseException:
+        if own:
+            client.close()
+        raise
+    return client, own
 
 
 def _dask_one_numba_thread(client_pid: int) -> None:
@@ -611,14 +659,8 @@ def _dask_warm(client, kinds) -> None:
 def _iter_dask(points: list, scheduler, warm_kinds) -> Iterator:
     from distributed import as_completed
 
-    client, own = _dask_client(scheduler)
+    client, own = _dask_connect(scheduler)
     try:
-        try:
-            client.wait_for_workers(1, timeout=60)
-        except TimeoutError:
-            raise ConfigError("scheduler", f"no Dask worker joined {client.scheduler.address} "
-                                           "within 60 s (start some: dask worker ADDRESS)"
-                              ) from None
         if warm_kinds:
             _dask_warm(client, warm_kinds)
         slots = max(1, sum(client.nthreads().values()))
@@ -666,9 +708,8 @@ def execute(points: list, *, workers: Optional[int] = None, scheduler=None,
     if scheduler is not None:
         yield from _iter_dask(points, scheduler, kinds)
         return
+    _check_workers(workers)
     workers = (os.cpu_count() or 1) if workers is None else workers
-    require(isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0,
-            "workers", f"must be a non-negative integer (0: in this process), got {workers!r}")
     if workers == 0:
         yield from _iter_inline(points)
         return
@@ -770,7 +811,9 @@ def _read_index(out: str) -> dict:
     return index
 
 
-def _write_index(out: str, sweep: Sweep) -> None:
+def _new_index(out: str, sweep: Sweep) -> Optional[dict]:
+    """The index of ``sweep`` in folder ``out``; None when ``out`` holds it already as it is.
+    ConfigError when ``out`` holds another sweep (one with points that ``sweep`` lacks)."""
     from fabricsim import __version__
 
     path = os.path.join(out, INDEX_NAME)
@@ -785,12 +828,11 @@ def _write_index(out: str, sweep: Sweep) -> None:
                 f"{len(old_ids)} points are not in this one); choose another --out (a sweep may "
                 "only grow in the folder it started in)")
         if old_ids == list(sweep.ids) and old.get("definition") == _jsonable(sweep.definition):
-            return
-    _write_json(path, {"format": INDEX_FORMAT, "version": INDEX_VERSION, "name": sweep.name,
-                       "source": sweep.source, "fabricsim_version": __version__,
-                       "created": created, "definition": sweep.definition,
-                       "axes": list(sweep.axes),
-                       "points": [{"id": i, "params": p} for i, p in zip(sweep.ids, sweep.params)]})
+            return None
+    return {"format": INDEX_FORMAT, "version": INDEX_VERSION, "name": sweep.name,
+            "source": sweep.source, "fabricsim_version": __version__, "created": created,
+            "definition": sweep.definition, "axes": list(sweep.axes),
+            "points": [{"id": i, "params": p} for i, p in zip(sweep.ids, sweep.params)]}
 
 
 def _jsonable(obj):
@@ -950,6 +992,9 @@ def run_sweep(sweep, out, *, workers: Optional[int] = None, scheduler=None,
     earlier run are run again unless ``skip_failed``. ``workers``: local processes (default:
     every core; 0: in this process); ``scheduler``: a Dask scheduler address or Client instead.
     ``progress``: a progress bar on stderr.
+
+    Nothing is created before the options and ``out`` are checked and the scheduler is reached;
+    a run that fails before it records any point removes the folders it created.
     """
     if isinstance(sweep, (str, os.PathLike)):
         sweep = load_sweep(sweep)
@@ -957,10 +1002,11 @@ def run_sweep(sweep, out, *, workers: Optional[int] = None, scheduler=None,
         sweep = sweep_from_points(sweep)
     out = os.fspath(out)
     t0 = time.monotonic()
-    os.makedirs(os.path.join(out, POINTS_DIR), exist_ok=True)
-    os.makedirs(os.path.join(out, FAILED_DIR), exist_ok=True)
-    _write_index(out, sweep)
-    _clean_temporaries(out)
+    # every check before anything is created: the options, the folder, the Dask scheduler
+    _check_workers(workers)
+    require(not os.path.exists(out) or os.path.isdir(out), "out",
+            f"{out} exists and is not a folder")
+    index = _new_index(out, sweep)
     done_ids, failed_ids = _listing(out)
     wanted = set(sweep.ids)
     done0 = len(done_ids & wanted)
@@ -972,31 +1018,60 @@ def run_sweep(sweep, out, *, workers: Optional[int] = None, scheduler=None,
     elif workers == 0:
         backend = "this process"
     else:
+        _start_method(start_method)
         n = min((os.cpu_count() or 1) if workers is None else workers, max(1, len(todo)))
         backend = f"{n} local worker{'s' if n != 1 else ''}"
-    bar = _Progress(len(sweep), done0, len(failed_before), progress and bool(todo))
+    client, own = (None, False) if scheduler is None or not todo else _dask_connect(scheduler)
+    created = _first_missing(out)  # the outermost folder this run creates (None: out exists)
     try:
-        tasks = [(sweep.points[k], sweep.ids[k]) for k in todo]
-        for j, outcome in execute(tasks, workers=workers, scheduler=scheduler,
-                                  start_method=start_method):
-            k = todo[j]
-            pid = sweep.ids[k]
-            failed_path = os.path.join(out, FAILED_DIR, f"{pid}.json")
-            if outcome[0] == "ok":
-                _write_point(out, pid, outcome[1], sweep.params[k])
-                if os.path.exists(failed_path):
-                    os.unlink(failed_path)
-            else:
-                info = dict(outcome[1], id=pid, params=sweep.params[k])
-                _write_json(failed_path, info)
-            bar.update(outcome[0] == "ok", pid in failed_before)
+        os.makedirs(os.path.join(out, POINTS_DIR), exist_ok=True)
+        os.makedirs(os.path.join(out, FAILED_DIR), exist_ok=True)
+        if index is not None:
+            _write_json(os.path.join(out, INDEX_NAME), index)
+        _clean_temporaries(out)
+        bar = _Progress(len(sweep), done0, len(failed_before), progress and bool(todo))
+        try:
+            tasks = [(sweep.points[k], sweep.ids[k]) for k in todo]
+            for j, outcome in execute(tasks, workers=workers,
+                                      scheduler=client if client is not None else scheduler,
+                                      start_method=start_method):
+                k = todo[j]
+                pid = sweep.ids[k]
+                failed_path = os.path.join(out, FAILED_DIR, f"{pid}.json")
+                if outcome[0] == "ok":
+                    _write_point(out, pid, outcome[1], sweep.params[k])
+                    if os.path.exists(failed_path):
+                        os.unlink(failed_path)
+                else:
+                    info = dict(outcome[1], id=pid, params=sweep.params[k])
+                    _write_json(failed_path, info)
+                bar.update(outcome[0] == "ok", pid in failed_before)
+        finally:
+            bar.close()
+    except BaseException:
+        if created is not None and _listing(out) == (set(), set()):
+            shutil.rmtree(created, ignore_errors=True)  # nothing recorded: leave no empty folder
+        raise
     finally:
-        bar.close()
+        if own:
+            client.close()
     st = sweep_status(out)
     return SweepReport(name=sweep.name, out=out, total=len(sweep), done=st["done"],
                        failed=st["failed"], pending=st["pending"], skipped=len(sweep) - len(todo),
                        ran=len(todo), wall_s=time.monotonic() - t0, backend=backend,
                        failures=st["failures"])
+
+
+def _first_missing(path: str) -> Optional[str]:
+    """The outermost folder of ``path`` that does not exist (None when ``path`` exists)."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def load_results(out):
@@ -1008,6 +1083,10 @@ def load_results(out):
 
 # ---------------------------------------------------------------------------------------------
 # Command line
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _fmt(v) -> str:
@@ -1082,7 +1161,7 @@ def _cmd_sweep(args) -> int:
     out = args.out or os.path.join("fabricsim-out", f"sweep-{sweep.name}")
     axes = ", ".join(f"{a}" for a in sweep.axes) or "none"
     if args.dry_run:
-        print(f"sweep        {args.target}: {len(sweep)} points (axes: {axes})"
+        print(f"sweep        {args.target}: {_count(len(sweep), 'point')} (axes: {axes})"
               + (f"; {sweep.duplicates} duplicates merged" if sweep.duplicates else ""))
         for pid, params in zip(sweep.ids, sweep.params):
             print(f"  {pid}  " + " ".join(f"{a}={_fmt(params[a])}" for a in sweep.axes))
@@ -1096,10 +1175,10 @@ def _cmd_sweep(args) -> int:
     rate = (f" ({report.ran / report.wall_s:.2f} points/s)" if report.ran and report.wall_s > 0
             else "")
     print()
-    print(f"sweep        {args.target}: {report.total} points (axes: {axes})"
+    print(f"sweep        {args.target}: {_count(report.total, 'point')} (axes: {axes})"
           + (f"; {sweep.duplicates} duplicates merged" if sweep.duplicates else ""))
-    print(f"this run     {report.ran} points in {report.wall_s:.1f} s on {report.backend}{rate}; "
-          f"{report.skipped} already done or skipped")
+    print(f"this run     {_count(report.ran, 'point')} in {report.wall_s:.1f} s on "
+          f"{report.backend}{rate}; {report.skipped} already done or skipped")
     print(f"status       {report.done} done, {report.failed} failed, {report.pending} pending")
     for pid, msg in list(report.failures.items())[:5]:
         print(f"failed       {pid}: {msg.splitlines()[0] if msg else ''}")
@@ -1140,9 +1219,10 @@ def add_parser(sub) -> None:
 def main(argv=None) -> int:
     """``fabricsim sweep ...`` on its own (``argv`` without the word ``sweep``), with the CLI's
     error handling: one line and exit status 2 for a user error."""
-    parser = argparse.ArgumentParser(prog="fabricsim")
+    from fabricsim.cliutil import ArgumentParser, run_command
+
+    parser = ArgumentParser(prog="fabricsim")
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    from fabricsim.cli import run_command
 
     return run_command(args)

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import optimize
 
 from fabricsim.errors import ConfigError
 from fabricsim.ocs.copilot import (CopilotPredictor, fit_column_stochastic, objective,
@@ -72,7 +73,6 @@ def test_projection_is_nearest_point(v, seed):
 
 
 def test_projection_matches_slsqp():
-    optimize = pytest.importorskip("scipy.optimize")
     rng = np.random.default_rng(7)
     for _ in range(20):
         n = int(rng.integers(2, 8))
@@ -151,7 +151,6 @@ def test_fit_converges_on_well_conditioned_samples():
 
 
 def _slsqp(X, Y, w):
-    optimize = pytest.importorskip("scipy.optimize")
     n = X.shape[1]
     A, B = (X.T * w) @ X, (Y.T * w) @ X
     res = optimize.minimize(
@@ -167,7 +166,6 @@ def test_fit_matches_slsqp():
     """The paper's solver (scipy SLSQP) on random problems, including under-determined (k < n)
     and near-uniform (ill-conditioned) loads: same optimal objective to 1e-6 (1000 iterations;
     the default 200 can be ~1e-5 short on the worst-conditioned of these)."""
-    pytest.importorskip("scipy.optimize")
     rng = np.random.default_rng(1)
     for _ in range(10):
         n, k = int(rng.integers(2, 9)), int(rng.integers(1, 12))

@@ -4,13 +4,15 @@ ratios, counting from built fabrics, TOML overrides, performance per dollar, and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import sys
 
 import pytest
 
 from fabricsim import cost
-from fabricsim.cost import (DEFAULT_PRICES, FABRICS, SPEEDS_GBPS, BillOfMaterials, Prices,
+from fabricsim.cost import (DEFAULT_PRICES, FABRICS, MAX_GPUS, SPEEDS_GBPS, BillOfMaterials, Prices,
                             bill_of_materials, bom_from_fabric, cost_table, load_prices,
                             network_cost_usd, normalized_perf_per_dollar, perf_per_dollar)
 from fabricsim.errors import ConfigError
@@ -115,7 +117,8 @@ def test_cost_table_rows():
 # ---------------------------------------------------------------- counting a built fabric
 
 def test_bom_from_built_fabrics_gives_the_closed_forms():
-    from fabricsim.fabric import fat_tree, mixnet, rail_optimized
+    from fabricsim.fabric import fat_tree, rail_optimized
+    from fabricsim.mixnet import mixnet
 
     for fab, name in ((fat_tree(N, 400), "fat_tree"), (rail_optimized(S, 400), "rail_optimized"),
                       (mixnet(S, 400, alpha=6), "mixnet"),
@@ -212,6 +215,8 @@ def test_missing_prices_file(tmp_path):
     (dict(link_gbps=-1), "cost.link_gbps", "> 0"),
     (dict(gpus=1020), "cost.gpus", "multiple of gpus_per_server=8"),
     (dict(gpus=0), "cost.gpus", "multiple"),
+    (dict(gpus=MAX_GPUS + 8), "cost.gpus", "at most 1,000,000 (10^6 GPUs"),
+    (dict(gpus=10**9), "cost.gpus", "got 1,000,000,000"),
     (dict(fabric="mixnet", alpha=8), "cost.alpha", "0 .. 7"),
     (dict(fabric="mixnet", oversubscription=3), "cost.oversubscription", "fat_tree only"),
     (dict(fabric="fat_tree_3to1", oversubscription=2), "cost.oversubscription", "3:1"),
@@ -284,6 +289,12 @@ def test_cli_comparison(capsys, tmp_path):
     (["--fabric", "mixnet", "--gpus", "1024", "--link-gbps", "fast"], "--link-gbps: must be"),
     (["--fabric", "mixnet", *BASE, "--alpha", "9"], "--alpha: must be an integer 0 .. 7"),
     (["--fabric", "mixnet", "--gpus", "1020", "--link-gbps", "400"], "--gpus: must be"),
+    (["--fabric", "mixnet", "--gpus", "1e9", "--link-gbps", "400"],
+     "--gpus: must be a whole number of GPUs written out, e.g. 1024 or 1000000, got '1e9'"),
+    (["--fabric", "mixnet", "--gpus", "1000000000", "--link-gbps", "400"],
+     "--gpus: must be at most 1,000,000 (10^6 GPUs: the largest cluster the cost model prices), "
+     "got 1,000,000,000"),
+    (["--fabric", "all", "--gpus", "1000000000", "--link-gbps", "all"], "--gpus: must be at most"),
 ])
 def test_cli_errors_are_one_line(capsys, argv, message):
     rc, out, err = run_local(capsys, *argv)
@@ -297,17 +308,11 @@ def test_cli_bad_prices_file(capsys, tmp_path):
     assert rc == 2 and "prices.400.nic_usd: must be a number >= 0" in err
 
 
-def _cost_registered() -> bool:
-    from fabricsim.cli import build_parser
-
-    sub = next((a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)), None)
-    return sub is not None and "cost" in sub.choices
-
-
-@pytest.mark.skipif(not _cost_registered(), reason="'fabricsim cost' is not wired into fabricsim.cli yet")
 def test_main_cli_cost(capsys):
-    from fabricsim.cli import main
+    from fabricsim.cli import build_parser, main
 
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert "cost" in sub.choices
     assert main(["cost", "--fabric", "mixnet", *BASE, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["total_usd"] == 1024 * 4959.25
     assert main(["cost", "--fabric", "mixnet", "--gpus", "1024", "--link-gbps", "300"]) == 2
@@ -320,3 +325,34 @@ def test_numpy_integers_are_accepted():
     bom = bill_of_materials("mixnet", np.int64(N), np.int64(400), alpha=np.int64(6))
     assert bom.total_usd == 1024 * 4959.25
     json.dumps(bom.to_dict())  # plain Python numbers
+
+
+def test_tables_keep_their_columns_apart_at_the_largest_sizes():
+    """The largest cluster at prices 1000x the defaults (13-digit subtotals): every cell of a
+    row stays two spaces from the next, and right-aligned columns end where their headers do."""
+    dear = {b: dataclasses.replace(p, **{k: v * 1000 for k, v in p.to_dict().items()})
+            for b, p in DEFAULT_PRICES.items()}
+    bom = bill_of_materials("mixnet", MAX_GPUS, 400, prices=dear)
+    assert bom.total_usd == MAX_GPUS * 4959.25 * 1000
+    lines = cost.format_bom(bom).splitlines()[1:]
+    assert len(lines) == 8  # header, 5 items, total, per GPU
+    assert len({len(ln) for ln in lines}) == 1  # the subtotal column is right-aligned
+    for ln, cells in zip(lines, [4, 4, 4, 4, 4, 4, 2, 2]):
+        assert len(re.split(r"\s{2,}", ln.strip())) == cells, ln
+    assert "$4,959,250,000,000" in lines[-2] and "$1,499,000,000,000" in lines[1]
+
+    rows = cost_table(MAX_GPUS, [100, 800], ("fat_tree", "mixnet", "topoopt"), prices=dear)
+    text = cost.format_cost_table(rows, MAX_GPUS)
+    body = text.splitlines()[1:8]  # header, 6 rows
+    assert len({len(ln) for ln in body}) == 1
+    for ln in body:
+        assert len(re.split(r"\s{2,}", ln.strip())) == 6, ln
+    assert "$18,092,000,000,000" in text  # fat-tree, 800 G
+
+
+def test_default_sizes_print_as_before(capsys):
+    """The column widths grow with the numbers only: the paper's cluster prints as documented."""
+    rc, out, _ = run_local(capsys, "--fabric", "mixnet", *BASE)
+    assert rc == 0 and out.splitlines()[1:3] == [
+        "  item                   count        unit        subtotal",
+        "  NIC                    1,024      $1,499      $1,534,976"]

@@ -9,7 +9,8 @@ from fabricsim import simulate_flows
 from fabricsim.errors import ConfigError
 from fabricsim.experiment import Point, run_point
 from fabricsim.failures import apply_failures, gpu_map, parse_failures
-from fabricsim.fabric import LINK_KINDS, fat_tree, mixnet
+from fabricsim.fabric import LINK_KINDS, fat_tree
+from fabricsim.mixnet import mixnet
 from fabricsim.runner import run_iteration
 from fabricsim.workload import WorkloadConfig, build_iteration
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,8 +11,8 @@ from hypothesis import strategies as st
 
 from fabricsim import simulate_flows
 from fabricsim.errors import ConfigError
-from fabricsim.fabric import LINK_KINDS, PATH_KINDS, mixnet
-from fabricsim.mixnet import check_circuits, random_circuits, reconfiguration_events
+from fabricsim.fabric import LINK_KINDS, PATH_KINDS
+from fabricsim.mixnet import check_circuits, mixnet, random_circuits, reconfiguration_events
 from fabricsim.traces.flows import PATH_KIND_NAMES
 
 OCS = LINK_KINDS.index("ocs")
@@ -140,16 +142,75 @@ def test_delays_from_zero_to_ten_seconds(delay_ps):
     assert np.array_equal(got.finish_ps, want.finish_ps + delay_ps)
 
 
+def swap_pair(c):
+    """``c`` with one circuit swap: (i, j) and (k, m) become (i, k) and (j, m), four servers;
+    every row sum stays. Returns the new matrix and the four changed (unordered) pairs."""
+    for i, j, k, m in itertools.permutations(range(c.shape[0]), 4):
+        if c[i, j] and c[k, m]:
+            new = c.copy()
+            for a, b, d in ((i, j, -1), (k, m, -1), (i, k, 1), (j, m, 1)):
+                new[a, b] += d
+                new[b, a] += d
+            return new, {(i, j), (k, m), (i, k), (j, m)}
+    raise AssertionError("no two disjoint circuits to swap")
+
+
 def test_reconfiguration_events_shape():
-    f = mixnet(16, 100, region_servers=8)
+    f = mixnet(16, 100, region_servers=8)  # alpha 6: every server's ports are in use
     old = f.routing.circuits[1]
-    new = old.copy()
-    new[0, 1] = new[1, 0] = old[0, 1] + (1 if old[0].sum() < 6 and old[1].sum() < 6 else 0)
+    assert np.all(old.sum(axis=1) == 6)
+    new, pairs = swap_pair(old)
+    changed = {(a, b) for a, b in zip(*np.nonzero(old != new))}
+    assert changed == pairs | {(b, a) for a, b in pairs} and len(changed) == 8
+    ocs = f.routing.ocs_link
+    region = ocs[8:16][ocs[8:16] >= 0]
     ev = reconfiguration_events(f, 1, old, new, 5, 10, hold="region")
     assert (ev.time_ps == 5).sum() == 56 and (ev.time_ps == 15).sum() == 56
-    assert set(ev.link.tolist()) == set(f.routing.ocs_link[8:16][f.routing.ocs_link[8:16] >= 0].tolist())
-    changed = reconfiguration_events(f, 1, old, new, 5, 10, hold="changed")
-    assert (changed.time_ps == 5).sum() == 2 * int((old != new).sum() // 2) * 1
+    assert set(ev.link[ev.time_ps == 5].tolist()) == set(region.tolist())
+    assert np.all(ev.capacity_bps[ev.time_ps == 5] == 0)
+    ev = reconfiguration_events(f, 1, old, new, 5, 10, hold="changed")
+    held = ev.link[ev.time_ps == 5]
+    assert sorted(held.tolist()) == sorted(int(ocs[8 + a, b]) for a, b in changed)
+    assert np.all(ev.capacity_bps[ev.time_ps == 5] == 0)
+    # at the end every link of the region has its new capacity
+    end = dict(zip(ev.link[ev.time_ps == 15].tolist(), ev.capacity_bps[ev.time_ps == 15]))
+    assert set(end) == set(region.tolist())
+    for a in range(8):
+        for b in range(8):
+            if a != b:
+                assert end[int(ocs[8 + a, b])] == new[a, b] * 100e9
+
+
+@pytest.mark.parametrize("engine", ["flow", "packet"])
+def test_hold_changed_keeps_unchanged_circuits_carrying_traffic(engine):
+    """One region of 4 servers, alpha 2: circuits (0,1), (2,3), (0,2), (1,3) become (0,1),
+    (2,3), (0,3), (1,2). With hold="changed" a flow on the unchanged (0,1) circuit runs through
+    the re-wiring as on a static fabric, and a flow on the new (0,3) circuit waits for the delay;
+    with hold="region" both wait."""
+    old = np.array([[0, 1, 1, 0], [1, 0, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0]])
+    new = np.array([[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]])
+    f = mixnet(4, 100, gpus_per_server=4, region_servers=4, alpha=2, circuits=old[None])
+    static = mixnet(4, 100, gpus_per_server=4, region_servers=4, alpha=2, circuits=new[None])
+    t0, delay = 1_000_000, 25_000_000_000  # at 1 us, 25 ms
+    src, dst = np.array([0, 1]), np.array([4, 12])  # server 0 -> 1 (kept), server 0 -> 3 (new)
+    size = np.array([2_000_000, 2_000_000])
+    start = np.array([t0 + 1000, t0 + 1000])
+    kw = dict(engine=engine, tolerance=0.0, circuits=new[None])
+    ev = reconfiguration_events(f, 0, old, new, t0, delay, hold="changed")
+    ocs = f.routing.ocs_link
+    assert sorted(ev.link[ev.time_ps == t0].tolist()) == sorted(
+        int(ocs[a, b]) for a, b in ((0, 2), (2, 0), (1, 3), (3, 1), (0, 3), (3, 0), (1, 2), (2, 1)))
+    changed = simulate_flows(f, src, dst, size, start, capacity_events=ev, **kw)
+    region = simulate_flows(f, src, dst, size, start, **kw, capacity_events=reconfiguration_events(
+        f, 0, old, new, t0, delay, hold="region"))
+    free = simulate_flows(static, src, dst, size, start, **kw)
+    late = simulate_flows(static, src, dst, size, np.array([t0 + delay] * 2), **kw)
+    # 2 MB at 100 Gbps: 160 us, well inside the 25 ms delay
+    assert free.finish_ps[0] - start[0] >= 160_000_000 and free.finish_ps[0] < t0 + delay
+    assert changed.finish_ps[0] == free.finish_ps[0]       # the kept circuit carries on
+    assert changed.finish_ps[1] == late.finish_ps[1]       # the new circuit waits for the delay
+    assert region.finish_ps[0] == late.finish_ps[0] > t0 + delay  # hold="region": both wait
+    assert region.finish_ps[1] == late.finish_ps[1]
 
 
 def test_nic_level_eps():

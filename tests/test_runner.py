@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fabricsim.fabric import fat_tree, mixnet
+from fabricsim.fabric import fat_tree
+from fabricsim.mixnet import mixnet
 from fabricsim.kernels.routing import rename_links
 from fabricsim.ocs.controller import make_controller
 from fabricsim.runner import BREAKDOWN_KINDS, run_iteration

@@ -16,7 +16,9 @@ import sys
 import textwrap
 import time
 
+import distributed
 import pandas as pd
+import psutil  # comes with dask[distributed] (the test extra)
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -167,15 +169,30 @@ BAD = [
     (BASE + "[grid]\ngpus = [16, 24]\n", "dp: cannot be derived"),
     (BASE + "[grid]\nmodel = [\"gpt-9\"]\n", "model: unknown model 'gpt-9'"),
     (BASE + "[grid\n", "sweep: "),
+    ("", "sweep: no points in"),
+    ('name = "x"\ndescription = "nothing yet"\n', "sweep: no points in"),
+    ("[grid]\n", "sweep: no points in"),
 ]
 
 
-@pytest.mark.parametrize("text,message", BAD, ids=[m.split(":")[0] for _, m in BAD])
+@pytest.mark.parametrize("text,message", BAD, ids=[f"{i}-{m.split(':')[0]}"
+                                                    for i, (_, m) in enumerate(BAD)])
 def test_bad_sweep_files_get_one_clear_error(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         sw.load_sweep(write(tmp_path, text))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_base_alone_is_one_point_and_no_points_is_an_error(tmp_path):
+    one = sw.load_sweep(write(tmp_path, 'name = "one"\n' + BASE))
+    assert len(one) == 1 and one.axes == () and one.params[0]["gpus"] == 16
+    default = sw.load_sweep(write(tmp_path, "[base]\n"))  # the default point, on purpose
+    assert len(default) == 1 and default.points[0] == Point()
+    assert len(sw.load_sweep(write(tmp_path, "seeds = 2\n"))) == 2  # an axis alone
+    with pytest.raises(ConfigError, match="points: no points"):
+        sw.run_sweep([], tmp_path / "o")
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_file_and_bad_options(tmp_path):
@@ -186,8 +203,66 @@ def test_missing_file_and_bad_options(tmp_path):
         cli(path, "--workers", "0")
     with pytest.raises(ConfigError, match="scheduler: must be a Dask scheduler address"):
         sw.run_sweep(path, tmp_path / "o", scheduler="localhost")
+    with pytest.raises(ConfigError, match="workers: must be a non-negative integer"):
+        sw.run_sweep(path, tmp_path / "o", workers=-1)
+    with pytest.raises(ConfigError, match="start_method: must be forkserver or spawn"):
+        sw.run_sweep(path, tmp_path / "o", workers=1, start_method="fork")
+    assert not (tmp_path / "o").exists()  # nothing is created before the checks pass
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="out: .*file exists and is not a folder"):
+        sw.run_sweep(path, tmp_path / "file", workers=0)
     with pytest.raises(ConfigError, match="out: .* is not a sweep folder"):
         cli("status", str(tmp_path))
+
+
+def test_an_unreachable_scheduler_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(sw, "_CONNECT_TIMEOUT_S", 1)
+    path = write(tmp_path, FAILING)
+    with pytest.raises(ConfigError, match="scheduler: cannot connect to tcp://127.0.0.1:1"):
+        cli(path, "--out", str(tmp_path / "new" / "out"), "--scheduler", "tcp://127.0.0.1:1")
+    assert sorted(os.listdir(tmp_path)) == ["sweep.toml"]
+
+
+def test_a_run_that_records_nothing_removes_only_the_folders_it_created(tmp_path, monkeypatch):
+    path = write(tmp_path, FAILING)
+
+    def broken(*args, **kwargs):
+        raise sw.FabricsimError("local worker processes die as they start")
+        yield  # a generator, as execute
+
+    monkeypatch.setattr(sw, "execute", broken)
+    with pytest.raises(sw.FabricsimError, match="die as they start"):
+        sw.run_sweep(path, tmp_path / "new" / "deeper" / "out", workers=1)
+    assert not (tmp_path / "new").exists()  # every folder this run made is gone
+    (tmp_path / "mine").mkdir()  # a folder that was there before is kept
+    with pytest.raises(sw.FabricsimError):
+        sw.run_sweep(path, tmp_path / "mine", workers=1)
+    assert (tmp_path / "mine").is_dir()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(sw.FabricsimError):
+        sw.run_sweep(path, tmp_path / "empty" / "out", workers=1)
+    assert sorted(os.listdir(tmp_path / "empty")) == []
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, monkeypatch):
+    """stderr that is not a terminal (a log file, a pipe) gets whole lines, no carriage
+    returns; a terminal gets one line rewritten in place."""
+    report = sw.run_sweep(write(tmp_path, FAILING), tmp_path / "out", workers=0, progress=True)
+    assert (report.done, report.failed) == (1, 1)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and err.endswith("\n")
+    assert lines[0].startswith("  0/2 done, 0 failed, 2 pending") and "ETA ?" in lines[0]
+    assert lines[-1].startswith("  1/2 done, 1 failed, 0 pending")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # the plain bar, even where tqdm is installed
+    bar = sw._Progress(2, 0, 0, True)
+    bar.update(True, False)
+    bar.update(True, False)
+    bar.close()
+    err = capsys.readouterr().err
+    assert err.startswith("\r  0/2 done") and "\r  2/2 done, 0 failed, 0 pending" in err
+    assert err.count("\n") == 1 and err.endswith("\n")
 
 
 def test_dry_run_lists_the_points(tmp_path, capsys):
@@ -255,7 +330,6 @@ def test_rerun_skips_finished_points_and_a_sweep_may_grow(local_run, tiny_file, 
 def test_kill_and_resume_loses_nothing(local_run, tiny_file, tmp_path, capsys):
     """SIGKILL the sweep command half-way, run it again: every point once, intact, and the same
     results as the uninterrupted run."""
-    psutil = pytest.importorskip("psutil")  # comes with dask.distributed (the test extra)
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(SWEEP_CMD + [tiny_file, "--out", str(out), "--workers", "2", "--quiet"],
@@ -303,7 +377,6 @@ def test_kill_and_resume_loses_nothing(local_run, tiny_file, tmp_path, capsys):
 
 
 def test_dask_in_process_cluster_gives_identical_results(local_run, tiny_file, tmp_path):
-    distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster:
         report = sw.run_sweep(tiny_file, tmp_path / "dask", scheduler=cluster.scheduler_address)
@@ -315,7 +388,6 @@ def test_dask_in_process_cluster_gives_identical_results(local_run, tiny_file, t
 def dask_cluster(tmp_path):
     """A real scheduler and two single-threaded worker processes on loopback, started with the
     commands the README gives (dask scheduler / dask worker)."""
-    pytest.importorskip("distributed")
     sched_file = tmp_path / "scheduler.json"
     env = dict(os.environ, NUMBA_NUM_THREADS="1")
     procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -403,7 +475,7 @@ def test_status_counts_pending_points(tmp_path):
     s = sw.load_sweep(path)
     out = tmp_path / "out"
     out.mkdir()
-    sw._write_index(str(out), s)
+    sw._write_json(str(out / sw.INDEX_NAME), sw._new_index(str(out), s))
     assert sw.sweep_status(out) | {"failures": None} == {
         "name": "sweep", "out": str(out), "total": 2, "done": 0, "failed": 0, "pending": 2,
         "failures": None}
@@ -465,8 +537,7 @@ def test_fabricsim_sweep_command(tmp_path, capsys):
     from fabricsim.cli import build_parser, main
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    if "sweep" not in sub.choices:
-        pytest.skip("fabricsim sweep is not registered in fabricsim.cli yet")
+    assert "sweep" in sub.choices
     path = write(tmp_path, FAILING)
     assert main(["sweep", path, "--out", str(tmp_path / "o"), "--workers", "1", "--quiet"]) == 1
     capsys.readouterr()
@@ -486,8 +557,7 @@ def test_readme_sweep_file_is_the_example():
 
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
-    if "\n## Sweeps" not in text:
-        pytest.skip("the README has no Sweeps section yet")
+    assert "\n## Sweeps" in text
     section = text.split("\n## Sweeps", 1)[1].split("\n## ", 1)[0]
     block = next(b for b in re.findall(r"^```toml[ \t]*\n(.*?)^```", section, re.S | re.M)
                  if "[grid]" in b)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+import networkx as nx
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -203,7 +204,6 @@ def test_paper_split_and_mp_matchings():
 
 
 def test_matching_is_perfect_and_heavy():
-    nx = pytest.importorskip("networkx")
     rng = np.random.default_rng(5)
     for n in (6, 10, 15, 20):
         w = rng.random((n, n)) ** 3

@@ -11,13 +11,16 @@ def _cmd_allocate(args) -> int:
     from fabricsim.ocs.allocate import VARIANTS, allocate_circuits, completion_bound
     from fabricsim.traffic import read_matrix
 
-    from fabricsim.cli import format_time
+    from fabricsim.cliutil import format_time
     from fabricsim.errors import require
 
     require(0 <= args.alpha <= 7, "--alpha", f"must be an integer 0 .. 7 (at least one of a "
             f"server's 8 NICs stays on the EPS), got {args.alpha}")
     require(args.link_gbps > 0, "--link-gbps", f"must be > 0, got {args.link_gbps}")
     demand = read_matrix(args.demand, None, field="--demand")
+    n = demand.shape[0]
+    require(n >= 2, "--demand", f"needs at least 2 servers (a circuit joins two), got a {n} x {n} "
+            f"matrix in {args.demand}")
     eps_gbps = (8 - args.alpha) * args.link_gbps
     rows = {}
     for variant in ([args.variant] if args.variant != "all" else list(VARIANTS)):
