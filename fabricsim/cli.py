@@ -11,20 +11,10 @@ import sys
 import time
 
 from fabricsim import __version__
+from fabricsim.cliutil import ArgumentParser, format_time, run_command
 from fabricsim.errors import FabricsimError
 
 __all__ = ["main"]
-
-
-def format_time(ps) -> str:
-    """A time in picoseconds in a readable unit ("n/a" for None, negative or NaN)."""
-    if ps is None or not ps >= 0:
-        return "n/a"
-    s = ps * 1e-12
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
-        if s >= scale:
-            return f"{s / scale:.3f} {unit}"
-    return f"{ps} ps"
 
 
 class _Progress:
@@ -91,8 +81,7 @@ def _cmd_run(args) -> int:
               f"retransmissions, {stats['ecn_marks']:,} ECN marks, {stats['drops']:,} drops")
         print(f"queues       peak {stats['peak_queue_bytes']:,} B ({stats['peak_queue_bytes'] / mtu:.1f} "
               f"packets of {mtu} B) on the busiest link")
-    files = [os.path.join(out, n) for n in ("flows.arrows", "links.h5", "summary.json")
-             if os.path.exists(os.path.join(out, n))]
+    files = list(result.trace_files) + [os.path.join(out, "summary.json")]  # what this run wrote
     print(f"traces       {', '.join(files)}")
     return 0
 
@@ -100,27 +89,45 @@ def _cmd_run(args) -> int:
 def _cmd_trace_show(args) -> int:
     import numpy as np
 
-    from fabricsim.traces import read_flow_trace, read_metadata
+    from fabricsim.config import require_file
+    from fabricsim.traces import read_metadata, scan_flow_trace
 
     path = args.file
-    if not os.path.isfile(path):
-        raise FabricsimError(f"trace: file not found: {path}")
+    require_file(path, "trace")
     try:
-        table = read_flow_trace(path)
+        scan = scan_flow_trace(path)
     except ValueError as exc:
         raise FabricsimError(f"trace: {exc}") from None
+    table = scan.table
     meta = read_metadata(table.schema.metadata or {})
     print(f"file            {path}")
     print(f"schema version  {meta['schema_version']}")
     scenario = meta["scenario"]
     if scenario:
         print(f"scenario        {scenario.get('name', '')} ({', '.join(sorted(scenario))})")
-    print(f"flows           {table.num_rows:,}")
+    if scan.cut is None:
+        print("truncated       no")
+    else:
+        why = ("ends with a torn batch" if scan.cut == "torn" else "has no end marker")
+        print(f"truncated       yes: the stream {why} (the writer was stopped); "
+              f"{scan.batches:,} complete batches kept")
+    total = meta["flows"]
+    finish = table.column("finish_ps").to_numpy()
+    n_done = int((finish >= 0).sum())
+    if total is not None and total != table.num_rows:
+        print(f"flows           {table.num_rows:,} records of the run's {total:,} flows")
+    else:
+        print(f"flows           {table.num_rows:,}")
+    if total is not None:
+        unfinished = f"{total - n_done:,}"
+    else:  # a trace without the run's flow count: the records tell the finished ones only
+        unfinished = f"{table.num_rows - n_done:,}" + (" or more (the run's flow count is not recorded)"
+                                                       if scan.cut else "")
+    print(f"finished        {n_done:,}")
+    print(f"unfinished      {unfinished}")
     if table.num_rows:
-        finish = table.column("finish_ps").to_numpy()
         start = table.column("start_ps").to_numpy()
         done = finish >= 0
-        print(f"finished        {int(done.sum()):,}")
         print(f"bytes           {int(table.column('size_bytes').to_numpy().sum()):,}")
         if done.any():
             fct = (finish - start)[done]
@@ -143,10 +150,13 @@ def _has_pandas() -> bool:
 
 
 def _cmd_trace_convert(args) -> int:
+    from fabricsim.config import require_file
+    from fabricsim.errors import ConfigError
     from fabricsim.traces import to_parquet
 
-    if not os.path.isfile(args.file):
-        raise FabricsimError(f"trace: file not found: {args.file}")
+    require_file(args.file, "trace")
+    if args.out is not None and os.path.isdir(args.out):
+        raise ConfigError("--out", f"{args.out} is a directory, expected a file")
     try:
         out = to_parquet(args.file, args.out)
     except ValueError as exc:
@@ -155,25 +165,42 @@ def _cmd_trace_convert(args) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version, and the folder of the Numba cache (printed as is, unwrapped)."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from fabricsim._jit import CACHE_DIR
+
+        cache = CACHE_DIR or "none (no writable folder: kernels compile in every process)"
+        print(f"fabricsim {__version__}\nNumba cache: {cache} (set NUMBA_CACHE_DIR to choose it)")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="fabricsim",
         description="Simulate GPU-cluster fabrics for Mixture-of-Experts training.")
-    p.add_argument("--version", action="version", version=f"fabricsim {__version__}")
+    p.add_argument("--version", action=_VersionAction,
+                   help="show the version and where compiled kernels are cached, and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="simulate a traffic scenario (TOML) on a fabric",
                          description="Simulate the traffic scenario of a TOML file; print completion "
                                      "time, per-host throughput and FCT percentiles; write traces.")
     run.add_argument("scenario", help="scenario file, e.g. examples/small.toml")
-    run.add_argument("--out", help="output directory (default fabricsim-out/<scenario name>)")
+    run.add_argument("--out", help="output directory (default fabricsim-out/<scenario name>); the run "
+                                   "replaces the files a previous run wrote there, and leaves others")
     run.add_argument("--engine", choices=["flow", "packet"], help="override run.engine of the scenario")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.set_defaults(func=_cmd_run)
 
     trace = sub.add_parser("trace", help="inspect or convert trace files")
     tsub = trace.add_subparsers(dest="trace_command", metavar="ACTION")
-    show = tsub.add_parser("show", help="summarize a flow trace (.arrows)")
+    show = tsub.add_parser("show", help="summarize a flow trace (.arrows), saying whether it was cut "
+                                        "short and how many flows are unfinished")
     show.add_argument("file")
     show.set_defaults(func=_cmd_trace_show)
     conv = tsub.add_parser("convert", help="convert a flow trace (.arrows) to Parquet")
@@ -208,28 +235,6 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     return run_command(args)
-
-
-def run_command(args) -> int:
-    """Run a parsed command: a user error prints one line and returns 2."""
-    import warnings
-
-    def one_line(message, category, filename, lineno, file=None, line=None):
-        print(f"fabricsim: warning: {message}", file=sys.stderr)
-
-    warnings.showwarning = one_line
-    try:
-        return int(args.func(args) or 0)
-    except FabricsimError as exc:
-        print(f"fabricsim: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. --out names a file, or a directory that cannot be written
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"fabricsim: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fabricsim: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,16 +10,26 @@ head``) ends the command quietly with status 141, as a program killed by SIGPIPE
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from fabricsim.errors import FabricsimError
 
-__all__ = ["format_time", "run_command", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE"]
+__all__ = ["ArgumentParser", "format_time", "run_command", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE"]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: a bad option or value (``--alpha x``, an unknown
+    choice) prints ``fabricsim: error: <what>`` and a pointer to ``--help``, and exits 2.
+    Subcommand parsers are of the same class."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"fabricsim: error: {message} (see '{self.prog} --help')\n")
 
 
 def format_time(ps) -> str:
@@ -30,7 +40,7 @@ def format_time(ps) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
         if s >= scale:
             return f"{s / scale:.3f} {unit}"
-    return f"{ps} ps"
+    return f"{ps:.0f} ps"
 
 
 def _silence_stdout() -> None:

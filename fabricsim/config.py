@@ -4,6 +4,9 @@ A scenario has the tables ``[fabric]``, ``[traffic]``, ``[run]`` and (optional, 
 ``[packet]``; see ``examples/small.toml``
 and the README for every key. Unknown keys, wrong types and out-of-range values raise
 :class:`fabricsim.errors.ConfigError` naming the field (``fabric.k``) and what is allowed.
+Flow sizes are bounded by :data:`fabricsim.engine.MAX_FLOW_BYTES` (1 PB); seeds are integers
+>= 0 (NumPy's seeds). :meth:`FabricConfig.estimate_bytes` and :meth:`TrafficConfig.flow_count`
+size a run before anything is built (:func:`fabricsim.scenario.check_memory`).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from fabricsim.engine import HORIZON_PS, MAX_FLOW_BYTES, MAX_FLOW_BYTES_WHY
 from fabricsim.errors import ConfigError, require
 from fabricsim.kernels.packetsim import NIC_SCHEDULING, PacketParams
 
 _PACKET_DEFAULTS = PacketParams()
 
 __all__ = ["FabricConfig", "TrafficConfig", "RunConfig", "PacketConfig", "Scenario", "load_scenario",
-           "FABRIC_BUILDERS", "TRAFFIC_PATTERNS"]
+           "FABRIC_BUILDERS", "TRAFFIC_PATTERNS", "require_file"]
 
 FABRIC_BUILDERS = ("fat_tree", "rail_optimized", "mixnet", "topoopt")
 TRAFFIC_PATTERNS = ("permutation", "all_to_all", "incast", "matrix", "htsim")
@@ -78,6 +82,28 @@ def _choice(value, allowed, name):
     require(value in allowed, name, f"must be one of {', '.join(allowed)}, got {value!r}")
 
 
+def _seed(value, name):
+    require(value >= 0, name, f"must be an integer >= 0 (a NumPy seed), got {value}")
+
+
+def _size(value, name):
+    require(0 <= value <= MAX_FLOW_BYTES, name,
+            f"must lie in 0 .. {MAX_FLOW_BYTES:,} bytes ({MAX_FLOW_BYTES_WHY}), got {value:,}")
+
+
+def require_file(path, field: str) -> None:
+    """Raise :class:`ConfigError` for ``field`` unless ``path`` is an existing file."""
+    if os.path.isdir(path):
+        raise ConfigError(field, f"{path} is a directory, expected a file")
+    if not os.path.isfile(path):
+        raise ConfigError(field, f"file not found: {path}")
+
+
+#: Peak memory of a fabric per directed link while it is built (bytes; measured on fat-trees of
+#: 16k-64k GPUs: about 1 kB per GPU host, 8 directed links each, nodes and routing tables included).
+_LINK_BYTES = 128
+
+
 @dataclass(frozen=True)
 class FabricConfig:
     """``[fabric]``: which fabric to build (see :mod:`fabricsim.fabric`)."""
@@ -107,6 +133,7 @@ class FabricConfig:
         _choice(self.builder, FABRIC_BUILDERS, "fabric.builder")
         if self.builder == "fat_tree":
             require(self.hosts is not None, "fabric.hosts", "is required for builder = 'fat_tree'")
+            require(self.hosts >= 2, "fabric.hosts", f"must be an integer >= 2, got {self.hosts}")
             require(self.servers is None, "fabric.servers", "is for builder = 'rail_optimized', "
                     "'mixnet' or 'topoopt'; fat_tree takes hosts")
         else:
@@ -115,6 +142,14 @@ class FabricConfig:
             require(self.servers >= 1, "fabric.servers", f"must be >= 1, got {self.servers}")
             require(self.hosts is None, "fabric.hosts", f"is for builder = 'fat_tree'; {self.builder} "
                     "takes servers")
+        require(self.gpus_per_server >= 1, "fabric.gpus_per_server",
+                f"must be an integer >= 1, got {self.gpus_per_server}")
+        require(self.oversubscription >= 1, "fabric.oversubscription",
+                f"must be a number >= 1 (r for r:1), got {self.oversubscription}")
+        if self.region_servers is not None:
+            require(self.region_servers >= 1, "fabric.region_servers",
+                    f"must be an integer >= 1, got {self.region_servers}")
+        _seed(self.seed, "fabric.seed")
         require(self.link_delay_us >= 0, "fabric.link_delay_us", f"must be >= 0, got {self.link_delay_us}")
         _choice(self.circuits, ("random", "demand"), "fabric.circuits")
         _choice(self.port_split, ("paper", "released"), "fabric.port_split")
@@ -125,6 +160,45 @@ class FabricConfig:
         if self.builder == "fat_tree":
             return self.hosts
         return self.servers * self.gpus_per_server
+
+    @property
+    def size_field(self) -> str:
+        """The field that sets the fabric's size (``fabric.hosts`` or ``fabric.servers``)."""
+        return "fabric.hosts" if self.builder == "fat_tree" else "fabric.servers"
+
+    def estimate_links(self) -> int:
+        """About how many directed links the fabric has, from the builders' wiring (two per duplex
+        link; within one pod of the fat-tree builders' exact counts):
+
+        - ``fat_tree``: per host its NIC link, then 1/r edge-aggregation and 1/r aggregation-core
+          links (r the oversubscription of the ``ports`` build, 1 otherwise: every edge has k/(r+1)
+          uplinks per k*r/(r+1) hosts, every aggregation switch as many core links as edge links),
+          and one NVLink per GPU host;
+        - ``rail_optimized``: the 1:1 fat-tree (``superpod``: one leaf uplink per GPU);
+        - ``mixnet``: per server 3 EPS links and a circuit link to each other server of its region,
+          one NVLink per GPU; ``topoopt``: ``degree`` / 2 links per server, one NVLink per GPU.
+        """
+        hosts, g = self.n_hosts, self.gpus_per_server
+        nvlink = hosts if g > 1 and not (self.builder == "fat_tree" and self.host == "server") else 0
+        if self.builder == "fat_tree":
+            r = self.oversubscription if self.oversub_build == "ports" else 1.0
+            duplex = hosts + 2 * hosts / r + nvlink
+        elif self.builder == "rail_optimized":
+            duplex = hosts + (2 * hosts if self.build == "fat-tree" else hosts) + nvlink
+        elif self.builder == "mixnet":
+            region = self.region_servers or self.servers
+            duplex = 3 * self.servers + self.servers * (region - 1) / 2 + nvlink
+        else:
+            duplex = self.servers * self.degree / 2 + nvlink
+        return int(2 * duplex)
+
+    def estimate_bytes(self) -> int:
+        """About the peak memory of building the fabric (bytes): :meth:`estimate_links` links plus,
+        for fabrics built for the traffic, the builders' servers x servers matrices."""
+        n = self.estimate_links() * _LINK_BYTES
+        if self.builder == "topoopt" or (self.builder == "mixnet" and self.circuits == "demand"):
+            n += 64 * self.servers ** 2  # demand, port counts and routing tables, server x server
+        return int(n)
 
     def build_fabric(self, src=None, dst=None, size_bytes=None):
         """The fabric; ``mixnet`` with ``circuits = "demand"`` and ``topoopt`` are built for the
@@ -166,7 +240,14 @@ class FabricConfig:
                                   link_gbps=self.link_gbps,
                                   eps_gbps=(self.gpus_per_server - self.alpha) * self.link_gbps)
                 for i in range(0, self.servers, r)])
-        return fabric.mixnet(self.servers, self.link_gbps, **kw)
+        from fabricsim.mixnet import mixnet
+
+        return mixnet(self.servers, self.link_gbps, **kw)
+
+    @property
+    def needs_traffic(self) -> bool:
+        """Whether the fabric is built for the traffic (``topoopt``, ``mixnet`` with demand circuits)."""
+        return self.builder == "topoopt" or (self.builder == "mixnet" and self.circuits == "demand")
 
     def _server_demand(self, src, dst, size_bytes):
         import numpy as np
@@ -208,20 +289,48 @@ class TrafficConfig:
             require((self.size_bytes is not None) != spread, "traffic.size_bytes",
                     "give either size_bytes or both size_min_bytes and size_max_bytes")
         if self.size_bytes is not None:
-            require(self.size_bytes >= 0, "traffic.size_bytes", f"must be >= 0, got {self.size_bytes}")
+            _size(self.size_bytes, "traffic.size_bytes")
         if spread:
             require(self.size_min_bytes is not None and self.size_max_bytes is not None,
                     "traffic.size_min_bytes", "size_min_bytes and size_max_bytes go together")
             require(0 <= self.size_min_bytes <= self.size_max_bytes, "traffic.size_min_bytes",
                     f"need 0 <= size_min_bytes <= size_max_bytes, got {self.size_min_bytes} and "
                     f"{self.size_max_bytes}")
+            _size(self.size_max_bytes, "traffic.size_max_bytes")
         if self.group_size is not None:
             require(self.pattern == "all_to_all", "traffic.group_size", "is only for pattern = 'all_to_all'")
             require(self.group_size >= 2, "traffic.group_size", f"must be >= 2, got {self.group_size}")
         if self.fan_in is not None:
             require(self.pattern == "incast", "traffic.fan_in", "is only for pattern = 'incast'")
             require(self.fan_in >= 1, "traffic.fan_in", f"must be >= 1, got {self.fan_in}")
-        require(self.start_us >= 0, "traffic.start_us", f"must be >= 0, got {self.start_us}")
+        require(0 <= self.start_us < HORIZON_PS / 1e6, "traffic.start_us",
+                f"must lie in 0 .. {HORIZON_PS / 1e6:.3g} (the end of the simulated clock), "
+                f"got {self.start_us}")
+        _seed(self.seed, "traffic.seed")
+
+    def flow_count(self, hosts: int) -> int | None:
+        """How many flows the pattern makes on ``hosts`` hosts (None for file patterns)."""
+        if self.pattern == "permutation":
+            return hosts
+        if self.pattern == "all_to_all":
+            return hosts * ((self.group_size or hosts) - 1)
+        if self.pattern == "incast":
+            return self.fan_in if self.fan_in is not None else hosts - 1
+        return None
+
+    @property
+    def count_field(self) -> str:
+        """The field that sets how many flows there are."""
+        return {"all_to_all": "traffic.group_size", "incast": "traffic.fan_in",
+                "matrix": "traffic.file", "htsim": "traffic.file"}.get(self.pattern, "fabric.hosts")
+
+    def mean_size_bytes(self) -> float:
+        """Mean flow size of the synthetic patterns (0 for file patterns)."""
+        if self.size_bytes is not None:
+            return float(self.size_bytes)
+        if self.size_min_bytes is not None:
+            return (self.size_min_bytes + self.size_max_bytes) / 2
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -237,8 +346,16 @@ class RunConfig:
         from fabricsim.simulate import ENGINES
 
         _choice(self.engine, ENGINES, "run.engine")
+        _seed(self.seed, "run.seed")
         require(self.tolerance >= 0, "run.tolerance", f"must be >= 0, got {self.tolerance}")
-        require(self.sample_us >= 0, "run.sample_us", f"must be >= 0 (0 = off), got {self.sample_us}")
+        require(self.sample_us == 0 or 1e-6 <= self.sample_us < HORIZON_PS / 1e6, "run.sample_us",
+                f"must be 0 (off) or lie in 1e-06 .. {HORIZON_PS / 1e6:.3g} us (at least 1 ps), "
+                f"got {self.sample_us:g}")
+
+    @property
+    def sample_ps(self) -> int | None:
+        """The sampling interval in picoseconds (None: no ``links.h5``)."""
+        return int(round(self.sample_us * 1e6)) or None
 
 
 @dataclass(frozen=True)
@@ -298,6 +415,7 @@ class Scenario:
     packet: PacketConfig = field(default_factory=PacketConfig)
     base_dir: str = "."
     name: str = "scenario"
+    packet_keys: Optional[tuple] = None  # keys of the file's [packet] table (None: no table)
 
     @classmethod
     def from_dict(cls, data: dict, base_dir: str = ".", name: str = "scenario") -> "Scenario":
@@ -314,7 +432,8 @@ class Scenario:
                    traffic=_from_table(TrafficConfig, data["traffic"], "traffic"),
                    run=_from_table(RunConfig, data.get("run", {}), "run"),
                    packet=_from_table(PacketConfig, data.get("packet", {}), "packet"),
-                   base_dir=base_dir, name=name)
+                   base_dir=base_dir, name=name,
+                   packet_keys=tuple(data["packet"]) if "packet" in data else None)
 
     def to_dict(self) -> dict:
         """The resolved scenario (every default filled in), as recorded in traces and results."""
@@ -328,8 +447,7 @@ class Scenario:
 def load_scenario(path) -> Scenario:
     """Read and validate a scenario TOML file."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError("scenario", f"file not found: {path}")
+    require_file(path, "scenario")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

@@ -3,10 +3,27 @@
 :func:`run_flow_engine` runs the flow-level kernel (:mod:`fabricsim.kernels.flowsim`) in slices,
 so that completed flows and link-utilization samples reach the trace sinks while the run goes on
 (a run killed half-way leaves readable traces) and long runs can report progress.
+
+Range of the inputs. Simulated time is int64 picoseconds, and the flow engine takes a completion
+predicted later than :data:`HORIZON_PS` (9e18 ps, about 104 days) for "never". Hence the bounds
+that every entry point checks (:func:`fabricsim.simulate.simulate_flows`, the scenario files):
+
+- a flow carries at most :data:`MAX_FLOW_BYTES` = 1e15 bytes (1 PB): alone on a 1 Gbit/s link it
+  lasts ``1e15 * 8 bits / 1e9 bit/s = 8e6 s`` (93 days), inside the horizon; ``bytes * 8e12 /
+  rate`` (the engines' completion and serialization times in ps) then fits int64 at any rate
+  >= 1 Gbit/s;
+- the flows of a run carry at most :data:`MAX_TOTAL_BYTES` bytes in all, so that their total in
+  bits fits int64;
+- no link is loaded beyond what it can carry before the horizon (:func:`check_time_range`).
+
+Memory. :func:`available_memory_bytes` is what the machine can still give; runs that would need
+more are refused up front with an estimate (:mod:`fabricsim.scenario`, the packet engine's
+per-packet receive bitmap in :func:`check_packet_sizes`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,12 +34,148 @@ from fabricsim.errors import ConfigError
 from fabricsim.kernels import flowsim
 
 __all__ = ["EngineOutput", "CapacityEvents", "Triggers", "run_flow_engine", "run_packet_engine",
-           "as_capacity_events", "FlowSession", "PacketSession",
-           "DEFAULT_TOLERANCE"]
+           "as_capacity_events", "FlowSession", "PacketSession", "DEFAULT_TOLERANCE",
+           "HORIZON_PS", "MAX_FLOW_BYTES", "MAX_FLOW_BYTES_WHY", "MAX_TOTAL_BYTES",
+           "available_memory_bytes", "format_bytes", "format_duration_ps", "check_time_range",
+           "check_packet_sizes"]
+
+#: End of the simulated clock (ps): the flow engine's "never" (see the module docstring).
+HORIZON_PS = flowsim.HORIZON_PS
+#: Largest flow (bytes): 1 PB, 93 days alone on a 1 Gbit/s link.
+MAX_FLOW_BYTES = 10**15
+#: Why (for error messages).
+MAX_FLOW_BYTES_WHY = ("1 PB, 93 days alone on a 1 Gbit/s link; the simulated clock, int64 "
+                      f"picoseconds, ends after {HORIZON_PS / 86400e12:.0f} days")
+#: Largest total of a run's flow sizes (bytes): the total in bits fits int64.
+MAX_TOTAL_BYTES = (2**63 - 1) // 8
 
 #: Default staleness bound of the flow engine (see :func:`fabricsim.kernels.flowsim.advance`).
 DEFAULT_TOLERANCE = 0.01
 _SLICE_EVENTS = 20_000
+
+
+class _Slicer:
+    """How many events the next kernel call may handle, so that each call takes about
+    ``target_s`` of wall time: between calls the driver reports progress, writes traces and lets
+    Python handle Ctrl-C (a signal waits for the kernel to return). Results do not depend on the
+    slicing (the kernels pause and resume exactly; tests/test_run_robustness.py checks it)."""
+
+    def __init__(self, first: int = 1024, target_s: float = 0.2, most: int = 50 * _SLICE_EVENTS):
+        self.events, self.target_s, self.most = first, target_s, most
+        self._t = time.perf_counter()
+        self._done = 0
+
+    def update(self, events_done: int) -> None:
+        """After a kernel call: ``events_done`` is the kernel's running event count."""
+        now = time.perf_counter()
+        ran, took = events_done - self._done, now - self._t
+        if ran > 0 and took > 0:
+            rate = ran / took
+            # at most twice the last slice: events late in a run can cost far more than early ones
+            self.events = int(min(self.most, 2 * self.events, max(64, rate * self.target_s)))
+        self._t, self._done = now, events_done
+
+
+def available_memory_bytes() -> int:
+    """Memory this machine can still give a run: ``MemAvailable`` of ``/proc/meminfo`` (Linux),
+    else the physical memory (``SC_PAGE_SIZE * SC_PHYS_PAGES``)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - no sysconf (Windows)
+        return 2**62
+
+
+def format_bytes(n: float) -> str:
+    """``1,234 GB``, ``12.3 GB``, ``512 MB``: sizes in error messages."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:,.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_duration_ps(ps: float) -> str:
+    """A simulated duration in years, days, hours, s, ms or us (error messages)."""
+    s = ps * 1e-12
+    for unit, scale in (("years", 365 * 86400.0), ("days", 86400.0), ("hours", 3600.0), ("s", 1.0),
+                        ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale or unit == "us":
+            v = s / scale
+            return f"{v:,.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}"
+
+
+def check_time_range(route_ptr, route_links, size_bytes, start_ps, capacity_bps,
+                     events: CapacityEvents | None = None, *, until_ps: int | None = None,
+                     describe_link: Callable[[int], str] | None = None) -> float:
+    """Refuse flows that cannot finish inside the simulated clock; returns a lower bound of the
+    run's end (ps; at most ``until_ps`` when given).
+
+    Every byte routed over a link takes ``8 / capacity`` seconds of it, at the link's best capacity
+    (nominal or any capacity event), so the first start plus ``bytes routed * 8e12 / capacity`` is
+    a lower bound of the run's end on each link; if one reaches the end of the clock
+    (:data:`HORIZON_PS`) the run would end in a false deadlock or wrap around int64. Raises
+    :class:`ConfigError` (``size_bytes``) then (unless the run stops at ``until_ps``), and when
+    the sizes add up beyond :data:`MAX_TOTAL_BYTES`. ``describe_link(l)`` names a link's kind.
+    """
+    size = np.asarray(size_bytes, np.float64)
+    total = float(size.sum())
+    if total > MAX_TOTAL_BYTES:
+        raise ConfigError("size_bytes", f"the flows carry {total:,.0f} bytes in all, at most "
+                          f"{MAX_TOTAL_BYTES:,} (their total in bits must fit int64)")
+    cap = np.array(capacity_bps, dtype=np.float64)
+    if cap.size == 0 or size.size == 0:
+        return 0.0
+    if events is not None and len(events):
+        np.maximum.at(cap, events.link, events.capacity_bps)
+    load = np.bincount(route_links, weights=np.repeat(size, np.diff(route_ptr)), minlength=cap.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        busy_ps = np.where(cap > 0, load * 8e12 / np.where(cap > 0, cap, 1.0), 0.0)
+    start = np.asarray(start_ps)
+    first = float(start[start >= 0].min()) if np.any(start >= 0) else 0.0
+    worst = int(np.argmax(busy_ps))
+    lower_ps = first + float(busy_ps[worst])
+    if until_ps is not None:
+        return min(lower_ps, float(until_ps))
+    if lower_ps >= HORIZON_PS:
+        kind = "" if describe_link is None else f"{describe_link(worst)} "
+        raise ConfigError("size_bytes", f"{kind}link {worst} ({cap[worst] / 1e9:g} Gbps) would carry "
+                          f"{load[worst]:,.0f} bytes, {format_duration_ps(busy_ps[worst])} of simulated "
+                          f"time; the simulated clock (int64 picoseconds) ends after "
+                          f"{format_duration_ps(HORIZON_PS)}: send fewer or smaller flows")
+    return lower_ps
+
+
+#: Packet engine state per flow (bytes, measured: tables, timers, rings, routes).
+_PACKET_FLOW_BYTES = 800
+
+
+def check_packet_sizes(size_bytes, params, available_bytes: int | None = None) -> None:
+    """Refuse flows the packet engine cannot hold: packet sequence numbers are 32-bit, and the
+    receiver keeps one byte per packet (``sum(ceil(size / mss))``), the flow state about 800 B
+    per flow."""
+    mss = params.mtu_bytes - params.hdr_bytes
+    size = np.asarray(size_bytes, np.int64)
+    if size.size == 0:
+        return
+    biggest = int(size.max())
+    limit = (2**32 - 1) * mss
+    if biggest > limit:
+        raise ConfigError("size_bytes", f"the packet engine takes flows of at most 2^32 - 1 packets "
+                          f"({limit:,} bytes at mtu_bytes - hdr_bytes = {mss}), got {biggest:,}")
+    packets = float(np.sum(-(-size // mss)))
+    need = packets + _PACKET_FLOW_BYTES * size.size
+    have = available_memory_bytes() if available_bytes is None else available_bytes
+    if need > have:
+        raise ConfigError("size_bytes", f"the packet engine needs about {format_bytes(need)} for "
+                          f"{size.size:,} flows of {packets:,.0f} packets (one byte per packet); this "
+                          f"machine has {format_bytes(have)} available")
 
 
 @dataclass(frozen=True)
@@ -150,8 +303,14 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
     """Run the flow-level engine on validated arrays.
 
     ``on_flows(flow_ids, finish_ps, start_ps)`` receives each slice's completed flows;
-    ``on_links(time_ps, bytes_in_interval)`` receives, every ``sample_ps``, the bytes each link
-    carried during the interval; ``progress(done, total, now_ps)`` is called after every slice.
+    ``on_links(time_ps, bytes_in_interval)`` receives, every ``sample_ps`` until the last flow
+    finishes, the bytes each link carried during the interval (the last interval ends at the
+    last completion, or at the first sample time after it when capacity events go on);
+    ``progress(done, total, now_ps)`` is called after every slice.
+
+    A run whose flows would outlast the simulated clock (:data:`HORIZON_PS`) stops with status
+    ``horizon`` and those flows unfinished (:func:`check_time_range` refuses most such runs up
+    front).
     """
     if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError("tolerance", f"must be a number >= 0, got {tolerance!r}")
@@ -166,9 +325,11 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
     prev_bytes = np.zeros_like(st.bytes_acc)
     n_reported = 0
     t0 = time.perf_counter()
+    slicer = _Slicer()
     while True:
         stop = min(horizon, next_sample)
-        code = flowsim.advance(st, stop, _SLICE_EVENTS, float(tolerance))
+        code = flowsim.advance(st, stop, slicer.events, float(tolerance))
+        slicer.update(int(st.clock[flowsim.C_EVENTS]))
         n_reported = _report(st.done_order, int(st.clock[flowsim.C_N_DONE]), n_reported, st.finish_ps,
                              st.start_ps, int(st.clock[flowsim.C_NOW]), n_flows, on_flows, progress)
         if code == flowsim.PAUSED and sampling and _next_time(st) > next_sample:
@@ -176,6 +337,9 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
             on_links(next_sample, st.bytes_acc - prev_bytes)
             prev_bytes = st.bytes_acc.copy()
             next_sample += int(sample_ps)
+            if int(st.clock[flowsim.C_N_DONE]) == n_flows:
+                sampling = False  # the last flow finished in this interval: nothing more to see
+                next_sample = flowsim.INF_PS
             continue
         if code == flowsim.PAUSED and _next_time(st) <= horizon:
             continue  # stopped by the slice size only
@@ -185,6 +349,8 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
     if sampling and end_ps > next_sample - int(sample_ps):
         on_links(end_ps, st.bytes_acc - prev_bytes)
     status = {flowsim.DONE: "done", flowsim.DEADLOCK: "deadlock", flowsim.PAUSED: "horizon"}[code]
+    if code == flowsim.DEADLOCK and np.any((st.status == 1) & (st.rate_bps > 0)):
+        status = "horizon"  # flows still moving would finish after the end of the clock
     c = st.clock
     stats = dict(events=int(c[flowsim.C_EVENTS]), exact_solves=int(c[flowsim.C_SOLVES]),
                  solved_flows=int(c[flowsim.C_SOLVED_FLOWS]), local_solves=int(c[flowsim.C_LOCAL_SOLVES]),
@@ -302,7 +468,9 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
     """Run the packet-level engine (:mod:`fabricsim.kernels.packetsim`) on validated arrays.
 
     ``reverse_link int64[L]`` gives each link's opposite direction (ACK paths). ``on_links``
-    receives, every ``sample_ps``, the queue length in bytes of every link at that instant.
+    receives, every ``sample_ps`` until the last flow finishes (the last sample is the first one at
+    or after the last completion), the queue length in bytes of every link at that instant; the
+    run itself goes on until the idle retransmission timers expire.
     ``stats`` of the output holds the run's counters and ``extra`` the per-flow and per-link
     packet counters.
     """
@@ -324,8 +492,10 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
     n_reported = 0
     grows = 0
     t0 = time.perf_counter()
+    slicer = _Slicer(first=16 * 1024, most=50 * 25 * _SLICE_EVENTS)
     while True:
-        code = packetsim.advance(st, min(horizon, next_sample), _SLICE_EVENTS * 25)
+        code = packetsim.advance(st, min(horizon, next_sample), slicer.events)
+        slicer.update(int(st.clock[packetsim.C_EVENTS]))
         n_reported = _report(st.done_order, int(st.clock[packetsim.C_N_DONE]), n_reported,
                              st.fi[:, packetsim.F_FINISH], st.fi[:, packetsim.F_START],
                              int(st.clock[packetsim.C_NOW]), n_flows, on_flows, progress)
@@ -338,6 +508,11 @@ def run_packet_engine(route_ptr, route_links, reverse_link, capacity_bps, delay_
             if sampling and nxt > next_sample:
                 on_links(next_sample, st.lk[:, packetsim.L_QBYTES].copy())
                 next_sample += int(sample_ps)
+                if int(st.clock[packetsim.C_N_DONE]) == n_flows:
+                    # the last flow finished in this interval; what remains are the flows' idle
+                    # retransmission timers (up to init_rto, 1 s), nothing to sample
+                    sampling = False
+                    next_sample = packetsim.INF_PS
                 continue
             if nxt <= horizon:
                 continue

@@ -40,7 +40,6 @@ __all__ = [
     "Routes",
     "fat_tree",
     "rail_optimized",
-    "mixnet",
     "NODE_KINDS",
     "LINK_KINDS",
     "PATH_KINDS",
@@ -515,5 +514,3 @@ def rail_optimized(servers: int, link_gbps: float, gpus_per_server: int = 8, *,
         nvlink_bps=nvlink_gbps * 1e9, delay_ps=int(link_delay_ps),
         nvlink_delay_ps=int(nvlink_delay_ps), edge_rail=edge_rail)
 
-
-from fabricsim.mixnet import mixnet  # noqa: E402  (MixNet builds on the fat-tree above)

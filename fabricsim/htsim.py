@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fabricsim.engine import Triggers
+from fabricsim.engine import HORIZON_PS, MAX_FLOW_BYTES, MAX_FLOW_BYTES_WHY, Triggers
 from fabricsim.errors import ConfigError
 
 __all__ = ["ConnectionMatrix", "read_connection_matrix"]
@@ -54,9 +54,10 @@ class ConnectionMatrix(NamedTuple):
 
 def read_connection_matrix(path, field: str = "traffic.file") -> ConnectionMatrix:
     """Parse an htsim connection-matrix file (see the module docstring)."""
+    from fabricsim.config import require_file
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(field, f"file not found: {path}")
+    require_file(path, field)
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -92,6 +93,8 @@ def read_connection_matrix(path, field: str = "traffic.file") -> ConnectionMatri
                     fields[key] = float(value) if key == "start" else int(value)
                 except ValueError:
                     fail(lineno, f"{key} must be a number, got {value!r}")
+                if key != "start" and not 0 <= fields[key] < 2**63:
+                    fail(lineno, f"{key} must be an integer in 0 .. 2^63 - 1, got {value}")
             conns.append((lineno, int(a), int(b), fields))
         elif tok[0] == "trigger":
             if len(tok) < 4 or tok[1] != "id" or not tok[2].isdigit() or tok[3] not in _KINDS:
@@ -147,6 +150,9 @@ def read_connection_matrix(path, field: str = "traffic.file") -> ConnectionMatri
             fail(lineno, f"a connection needs two distinct nodes, got {a}->{b}")
         if "size" not in fields or fields["size"] < 0:
             fail(lineno, "every connection needs 'size B' with B >= 0 bytes")
+        if fields["size"] > MAX_FLOW_BYTES:
+            fail(lineno, f"size must be at most {MAX_FLOW_BYTES:,} bytes ({MAX_FLOW_BYTES_WHY}), "
+                         f"got {fields['size']:,}")
         if ("start" in fields) == ("trigger" in fields):
             fail(lineno, "a connection needs exactly one of 'start T' (microseconds) and 'trigger K'")
         fid = fields.get("id", i)
@@ -155,8 +161,9 @@ def read_connection_matrix(path, field: str = "traffic.file") -> ConnectionMatri
         seen_ids.add(fid)
         flow_id[i], src[i], dst[i], size[i] = fid, a, b, fields["size"]
         if "start" in fields:
-            if fields["start"] < 0:
-                fail(lineno, f"start must be >= 0 microseconds, got {fields['start']}")
+            if not 0 <= fields["start"] < HORIZON_PS / 1e6:
+                fail(lineno, f"start must lie in 0 .. {HORIZON_PS / 1e6:.3g} microseconds (the end of "
+                             f"the simulated clock), got {fields['start']}")
             start[i] = int(round(fields["start"] * 1e6))
         else:
             start[i] = -1

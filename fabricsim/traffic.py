@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fabricsim.engine import MAX_FLOW_BYTES, MAX_FLOW_BYTES_WHY
 from fabricsim.errors import ConfigError, require
 
 __all__ = ["permutation", "all_to_all", "incast", "read_matrix", "flow_sizes", "from_config",
@@ -73,11 +74,24 @@ def incast(hosts: int, fan_in: int, target: int, rng: np.random.Generator):
     return src, np.full(fan_in, target, np.int64)
 
 
+def _blank(path: str) -> bool:
+    """Whether the file holds nothing but white space."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
 def read_matrix(path, hosts: int | None = None, field: str = "traffic.file") -> np.ndarray:
     """A hosts x hosts matrix of bytes from ``.npy``, ``.csv`` (no header) or ``.parquet``
-    (one column per destination); any square size when ``hosts`` is None."""
-    if not os.path.isfile(path):
-        raise ConfigError(field, f"file not found: {path}")
+    (one column per destination); any square size when ``hosts`` is None. Entries are bytes,
+    0 .. :data:`fabricsim.engine.MAX_FLOW_BYTES`."""
+    from fabricsim.config import require_file
+
+    require_file(path, field)
+    empty = f"{path} is empty; expected a square matrix of bytes"
+    require(not _blank(path), field, empty)  # NumPy would warn and read a 0 x 1 array
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
@@ -95,6 +109,7 @@ def read_matrix(path, hosts: int | None = None, field: str = "traffic.file") -> 
         raise
     except Exception as exc:  # a malformed file of a supported kind
         raise ConfigError(field, f"cannot read {path}: {exc}") from None
+    require(m.size > 0, field, empty)
     if hosts is None:
         require(m.ndim == 2 and m.shape[0] == m.shape[1], field,
                 f"matrix must be square, got shape {m.shape}")
@@ -104,6 +119,10 @@ def read_matrix(path, hosts: int | None = None, field: str = "traffic.file") -> 
     require(np.issubdtype(m.dtype, np.number), field, f"matrix must hold numbers, got {m.dtype}")
     require(bool(np.all(np.isfinite(m))) and bool(np.all(m >= 0)), field,
             "matrix entries must be finite and >= 0 (bytes)")
+    if m.size and m.max() > MAX_FLOW_BYTES:
+        i, j = np.unravel_index(int(np.argmax(m)), m.shape)
+        raise ConfigError(field, f"matrix entries are flow sizes, at most {MAX_FLOW_BYTES:,} bytes "
+                                 f"({MAX_FLOW_BYTES_WHY}); got {float(m[i, j]):,.0f} at row {i}, column {j}")
     return m
 
 

@@ -61,6 +61,9 @@ from fabricsim.kernels.triggers import fire, no_triggers
 __all__ = ["FlowState", "new_state", "advance", "next_event_time", "settle_links", "inject"]
 
 INF_PS = np.iinfo(np.int64).max
+#: End of the simulated clock: a completion predicted later is "never" (INF_PS), so that
+#: ``now + dt`` cannot wrap around int64; about 104 days. fabricsim.engine bounds inputs by it.
+HORIZON_PS = 9 * 10**18
 CERT_TOL = 1e-9
 MAX_ROUNDS = 4
 PS_PER_S = 1e12
@@ -258,7 +261,7 @@ def _predict(rem_bytes, rate_bps, f, now):
     if r <= 0.0:
         return INF_PS
     dt = np.ceil(rem * 8.0 * PS_PER_S / r)
-    if dt >= 9.0e18 - now:
+    if dt >= HORIZON_PS - now:
         return INF_PS
     return now + np.int64(dt)
 

@@ -69,7 +69,10 @@ def small_run(tmp_path_factory):
 def test_version():
     code, out, _ = run_main(["--version"])
     assert code == 0
-    assert out.strip() == f"fabricsim {fabricsim.__version__}"
+    from fabricsim._jit import CACHE_DIR
+
+    assert out.splitlines() == [f"fabricsim {fabricsim.__version__}",
+                                f"Numba cache: {CACHE_DIR} (set NUMBA_CACHE_DIR to choose it)"]
 
 
 def test_help_lists_commands():
@@ -95,7 +98,7 @@ def test_console_script_and_module_smoke():
     for cmd in ([exe, "--version"], [sys.executable, "-m", "fabricsim", "--version"]):
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
-        assert p.stdout.strip() == f"fabricsim {fabricsim.__version__}"
+        assert p.stdout.splitlines()[0] == f"fabricsim {fabricsim.__version__}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,6 +198,22 @@ def test_run_default_out_dir_and_engine_override(tmp_path, monkeypatch):
 def test_run_bad_engine_choice_is_usage_error():
     code, _, err = run_main(["run", "x.toml", "--engine", "warp"])
     assert code == 2 and "invalid choice" in err
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["cost", "--fabric", "mixnet", "--gpus", "1024", "--link-gbps", "400", "--alpha", "x"],
+     "argument --alpha: invalid int value: 'x'"),
+    (["ocs", "allocate", "--demand", "d.csv", "--alpha", "six"], "argument --alpha: invalid int value"),
+    (["run"], "the following arguments are required: scenario"),
+    (["reproduce", "--study", "nope"], "argument --study: invalid choice: 'nope'"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_option_errors_are_one_line(argv, what):
+    """argparse's own errors follow the CLI's contract too: one line, exit 2, no usage dump."""
+    code, out, err = run_main(argv)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("fabricsim: error: ") and what in err
+    assert "--help" in err
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import pytest
 import fabricsim
 from fabricsim.cli import main
 from fabricsim.traces import (FLOW_SCHEMA, SCHEMA_VERSION, FlowTraceWriter, LinkTraceWriter, RunTrace,
-                              read_flow_trace, read_link_trace, read_metadata, to_parquet)
+                              read_flow_trace, read_link_trace, read_metadata, scan_flow_trace,
+                              to_parquet)
 from fabricsim.traces.flows import PATH_KIND_NAMES
 
 SCENARIO = {"name": "t", "fabric": {"hosts": 16, "link_gbps": 100.0}, "traffic": {"pattern": "incast"},
@@ -76,7 +77,7 @@ def test_flow_trace_roundtrip(tmp_path):
     meta = table.schema.metadata
     assert meta[b"fabricsim.schema_version"] == str(SCHEMA_VERSION).encode()
     assert json.loads(meta[b"fabricsim.scenario"]) == SCENARIO
-    assert read_metadata(meta) == {"schema_version": SCHEMA_VERSION, "scenario": SCENARIO}
+    assert read_metadata(meta) == {"schema_version": SCHEMA_VERSION, "scenario": SCENARIO, "flows": None}
     # a plain pyarrow reader sees the same stream
     with pa.OSFile(str(path)) as f:
         assert pa.ipc.open_stream(f).read_all().num_rows == 50
@@ -95,7 +96,8 @@ def test_flow_trace_empty_and_no_scenario(tmp_path):
     write_batches(path, [], scenario=None)
     table = read_flow_trace(path)
     assert table.num_rows == 0 and table.schema.remove_metadata() == FLOW_SCHEMA
-    assert read_metadata(table.schema.metadata) == {"schema_version": SCHEMA_VERSION, "scenario": {}}
+    assert read_metadata(table.schema.metadata) == {"schema_version": SCHEMA_VERSION, "scenario": {},
+                                                    "flows": None}
 
 
 def test_flow_trace_readable_while_open_and_after_cut(tmp_path):
@@ -104,7 +106,9 @@ def test_flow_trace_readable_while_open_and_after_cut(tmp_path):
     w = write_batches(path, batches, close=False)
     # writer still open (no end-of-stream marker): every flushed batch is readable
     assert_rows(read_flow_trace(path), batches)
+    assert scan_flow_trace(path)[1:3] == (3, "unterminated")
     w.close()
+    assert scan_flow_trace(path)[1:3] == (3, None)
     data = path.read_bytes()
     # cut inside the last batch: the complete ones survive, with a warning
     sizes = []
@@ -117,6 +121,7 @@ def test_flow_trace_readable_while_open_and_after_cut(tmp_path):
                 t = read_flow_trace(p)
         except ValueError:  # cut inside the schema message
             continue
+        assert scan_flow_trace(p).cut in ("torn", "unterminated")  # never taken for a whole stream
         n = t.num_rows
         assert n in (0, 10, 30, 31)
         if n:
@@ -157,7 +162,8 @@ def test_to_parquet_temp_then_rename(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["flows.arrows", "flows.parquet"]
     t = pq.read_table(out)
     assert_rows(t, batches)
-    assert read_metadata(t.schema.metadata) == {"schema_version": SCHEMA_VERSION, "scenario": SCENARIO}
+    assert read_metadata(t.schema.metadata) == {"schema_version": SCHEMA_VERSION, "scenario": SCENARIO,
+                                                "flows": None}
     monkeypatch.undo()
     # explicit output and overwrite
     out2 = to_parquet(src, tmp_path / "sub.parquet")
@@ -280,7 +286,7 @@ CHILD = textwrap.dedent("""
     src = np.arange(n) % 16
     dst = (src + 1 + (np.arange(n) // 16) % 15) % 16
     start = np.arange(n, dtype=np.int64) * 1_000_000  # one flow per microsecond
-    tr = RunTrace(out, fabric=fab, scenario={"name": "killed"}, sample_ps=100_000)
+    tr = RunTrace(out, fabric=fab, scenario={"name": "killed"}, sample_ps=100_000, flows=n)
     print("HEADER", os.path.getsize(tr.flows_path), flush=True)
     samples = [0]
     ready = [False]
@@ -353,7 +359,9 @@ def test_killed_run_leaves_readable_traces(tmp_path):
     assert (t["finish_ps"] > t["start_ps"]).all()  # only completed flows were written before the kill
     assert set(t["path_kind"].astype(str)) <= set(PATH_KIND_NAMES)
     assert read_metadata(table.schema.metadata) == {"schema_version": SCHEMA_VERSION,
-                                                    "scenario": {"name": "killed"}}
+                                                    "scenario": {"name": "killed"}, "flows": 4000}
+    # the stream says it was cut short (torn or not, it has no end marker)
+    assert scan_flow_trace(flows).cut in ("torn", "unterminated")
 
     # links.h5: opens, consistent arrays, at least one flushed batch
     d = read_link_trace(links)
@@ -373,7 +381,10 @@ def test_killed_run_leaves_readable_traces(tmp_path):
         warnings.simplefilter("ignore", RuntimeWarning)
         code = main(["trace", "show", str(flows)])
     assert code == 0, errbuf.getvalue()
-    assert f"flows           {table.num_rows:,}" in outbuf.getvalue()
+    shown = outbuf.getvalue()
+    assert f"flows           {table.num_rows:,} records of the run's 4,000 flows" in shown
+    assert "truncated       yes: the stream" in shown and "(the writer was stopped)" in shown
+    assert f"unfinished      {4000 - table.num_rows:,}\n" in shown
 
 
 def test_replaced_on_success(tmp_path):

@@ -13,6 +13,7 @@ import importlib
 # Imported on first use (PEP 562): PyArrow and h5py cost about 40 MiB of memory and are not
 # needed by runs that write no traces (sweep workers, the engines on their own).
 _WHERE = {"FLOW_SCHEMA": "flows", "FlowTraceWriter": "flows", "read_flow_trace": "flows",
+          "scan_flow_trace": "flows",
           "to_parquet": "flows", "LinkTraceWriter": "links", "read_link_trace": "links",
           "RunTrace": "run", "SCHEMA_VERSION": "schema", "read_metadata": "schema"}
 

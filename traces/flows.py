@@ -15,13 +15,16 @@ column                  type                    meaning
 ======================  ======================  ==========================================
 
 The stream is flushed after every batch; :func:`read_flow_trace` reads every complete batch of a
-stream whose writer was killed and reports the torn tail instead of failing.
+stream whose writer was killed and reports the torn tail instead of failing
+(:func:`scan_flow_trace` says whether, and how, a stream was cut short). The schema metadata
+holds the run's flow count (``fabricsim.flows``) when the writer knew it.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +32,8 @@ import pyarrow.parquet as pq
 
 from fabricsim.traces.schema import Closeable, metadata, replaced_on_success
 
-__all__ = ["FLOW_SCHEMA", "FlowTraceWriter", "read_flow_trace", "to_parquet", "PATH_KIND_NAMES"]
+__all__ = ["FLOW_SCHEMA", "FlowTraceWriter", "read_flow_trace", "scan_flow_trace", "FlowTraceScan",
+           "to_parquet", "PATH_KIND_NAMES"]
 
 PATH_KIND_NAMES = ("nvlink", "tor", "pod", "core", "ocs", "direct", "multihop")  # = fabric.PATH_KINDS
 
@@ -45,11 +49,12 @@ FLOW_SCHEMA = pa.schema([
 
 
 class FlowTraceWriter(Closeable):
-    """Streams flow records to ``path`` (Arrow IPC stream), flushing after every batch."""
+    """Streams flow records to ``path`` (Arrow IPC stream), flushing after every batch; ``flows``
+    (optional) is the run's flow count, recorded in the metadata."""
 
-    def __init__(self, path, scenario: dict | None = None):
+    def __init__(self, path, scenario: dict | None = None, flows: int | None = None):
         self.path = os.fspath(path)
-        self.schema = FLOW_SCHEMA.with_metadata(metadata(scenario))
+        self.schema = FLOW_SCHEMA.with_metadata(metadata(scenario, flows))
         self._file = open(self.path, "wb")
         self._writer = pa.ipc.new_stream(self._file, self.schema)
         self._file.flush()
@@ -72,13 +77,27 @@ class FlowTraceWriter(Closeable):
             self._file = None
 
 
-def read_flow_trace(path) -> pa.Table:
-    """All complete record batches of a flow trace as a table (schema metadata kept).
+#: What a closed Arrow IPC stream ends with: the continuation marker and a zero length.
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
-    A stream cut short (a killed run) yields the batches written before the cut, with a warning.
-    """
+
+class FlowTraceScan(NamedTuple):
+    """A flow trace as read: its complete batches as ``table``; ``batches`` their count; ``cut``
+    None for a stream its writer closed, else why it is incomplete (the writer was stopped):
+    ``"torn"`` (it ends inside a batch) or ``"unterminated"`` (after a batch, without the end
+    marker); ``error`` the reader's message for a torn batch."""
+
+    table: pa.Table
+    batches: int
+    cut: str | None
+    error: str | None = None
+
+
+def scan_flow_trace(path) -> FlowTraceScan:
+    """Read every complete record batch of a flow trace and say whether the stream was cut short."""
     path = os.fspath(path)
     batches = []
+    cut = error = None
     with open(path, "rb") as f:
         try:
             reader = pa.ipc.open_stream(f)
@@ -91,10 +110,28 @@ def read_flow_trace(path) -> pa.Table:
             except StopIteration:
                 break
             except (pa.ArrowInvalid, OSError, EOFError) as exc:
-                warnings.warn(f"{path}: stream ends with a torn batch (the writer was stopped); "
-                              f"kept {len(batches)} complete batches ({exc})", RuntimeWarning, stacklevel=2)
+                cut, error = "torn", str(exc)
                 break
-    return pa.Table.from_batches(batches, schema=schema)
+        if cut is None:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(size - len(_END_OF_STREAM), 0))
+            if f.read() != _END_OF_STREAM:
+                cut = "unterminated"
+    return FlowTraceScan(pa.Table.from_batches(batches, schema=schema), len(batches), cut, error)
+
+
+def read_flow_trace(path) -> pa.Table:
+    """All complete record batches of a flow trace as a table (schema metadata kept).
+
+    A stream cut short (a killed run) yields the batches written before the cut, with a warning
+    when the last batch is torn.
+    """
+    scan = scan_flow_trace(path)
+    if scan.cut == "torn":
+        warnings.warn(f"{os.fspath(path)}: stream ends with a torn batch (the writer was stopped); "
+                      f"kept {scan.batches} complete batches ({scan.error})", RuntimeWarning, stacklevel=2)
+    return scan.table
 
 
 def to_parquet(path, out=None) -> str:

@@ -1,7 +1,14 @@
-"""All traces of one run, in one output directory: ``flows.arrows`` and ``links.h5``."""
+"""All traces of one run, in one output directory: ``flows.arrows`` and ``links.h5``.
+
+A run owns its output directory: :class:`RunTrace` first removes the files a previous run wrote
+there (:data:`RUN_FILES`: ``summary.json`` first, so that no result of an old run ever stands
+beside the traces of a new one, then the traces and any leftover temporaries), and leaves every
+other file alone. ``summary.json`` (:mod:`fabricsim.scenario`) is written last.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -10,7 +17,19 @@ from fabricsim.traces.flows import FlowTraceWriter
 from fabricsim.traces.links import LinkTraceWriter
 from fabricsim.traces.schema import Closeable
 
-__all__ = ["RunTrace"]
+__all__ = ["RunTrace", "RUN_FILES", "clear_run_files"]
+
+#: The files a run writes into its output directory, in the order a new run removes them.
+RUN_FILES = ("summary.json", "flows.arrows", "links.h5")
+
+
+def clear_run_files(out_dir) -> None:
+    """Remove what a previous run wrote into ``out_dir``: each of :data:`RUN_FILES` (summary first)
+    and its temporary (``NAME.tmp``, from :func:`fabricsim.traces.schema.replaced_on_success`)."""
+    for name in RUN_FILES:
+        for path in (os.path.join(out_dir, name), os.path.join(out_dir, name + ".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 class RunTrace(Closeable):
@@ -18,18 +37,21 @@ class RunTrace(Closeable):
 
     ``flows.arrows`` always; ``links.h5`` when ``sample_ps`` is given, one sample per ``sample_ps``
     of simulated time: per-link utilization (flow engine) or queue lengths (packet engine).
-    ``fabric`` supplies the link arrays.
+    ``fabric`` supplies the link arrays; ``flows`` (optional) the run's flow count, recorded in
+    the flow trace's metadata. Opening it removes a previous run's files (:func:`clear_run_files`).
     """
 
-    def __init__(self, out_dir, *, fabric, scenario: dict | None = None, sample_ps: int | None = None):
+    def __init__(self, out_dir, *, fabric, scenario: dict | None = None, sample_ps: int | None = None,
+                 flows: int | None = None):
         self.out_dir = os.fspath(out_dir)
-        os.makedirs(self.out_dir, exist_ok=True)
         if sample_ps is not None and (int(sample_ps) != sample_ps or sample_ps <= 0):
             raise ValueError(f"sample_ps: must be a positive integer, got {sample_ps!r}")
+        os.makedirs(self.out_dir, exist_ok=True)
+        clear_run_files(self.out_dir)
         self.sample_ps = None if sample_ps is None else int(sample_ps)
         self.flows_path = os.path.join(self.out_dir, "flows.arrows")
         self.links_path = os.path.join(self.out_dir, "links.h5") if self.sample_ps else None
-        self.flows = FlowTraceWriter(self.flows_path, scenario)
+        self.flows = FlowTraceWriter(self.flows_path, scenario, flows)
         self._capacity = fabric.links.capacity_bps
         self._fabric_links = fabric.links
         self._scenario = scenario
@@ -42,6 +64,11 @@ class RunTrace(Closeable):
             self.links = LinkTraceWriter(self.links_path, links.src, links.dst, links.kind,
                                          links.capacity_bps, self._scenario, series=series)
         return self.links
+
+    @property
+    def files(self) -> list[str]:
+        """Paths of the files this trace wrote (``links.h5`` only once a sample was taken)."""
+        return [self.flows_path] + ([self.links_path] if self.links is not None else [])
 
     def write_flows(self, flow_id, src, dst, size_bytes, start_ps, finish_ps, path_kind) -> None:
         self.flows.write(flow_id, src, dst, size_bytes, start_ps, finish_ps, path_kind)

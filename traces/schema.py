@@ -13,6 +13,7 @@ SCHEMA_VERSION = 1
 
 VERSION_KEY = "fabricsim.schema_version"
 SCENARIO_KEY = "fabricsim.scenario"
+FLOWS_KEY = "fabricsim.flows"  # flows of the run (a trace cut short holds fewer records)
 
 
 def _jsonable(value):
@@ -48,13 +49,18 @@ def scenario_json(scenario: dict | None) -> str:
     return json.dumps(_jsonable(scenario or {}), sort_keys=True, default=str)
 
 
-def metadata(scenario: dict | None) -> dict[str, str]:
-    """Key-value metadata for Arrow/Parquet schemas and HDF5 attributes."""
-    return {VERSION_KEY: str(SCHEMA_VERSION), SCENARIO_KEY: scenario_json(scenario)}
+def metadata(scenario: dict | None, flows: int | None = None) -> dict[str, str]:
+    """Key-value metadata for Arrow/Parquet schemas and HDF5 attributes (``flows``: how many
+    flows the run has, when known)."""
+    out = {VERSION_KEY: str(SCHEMA_VERSION), SCENARIO_KEY: scenario_json(scenario)}
+    if flows is not None:
+        out[FLOWS_KEY] = str(int(flows))
+    return out
 
 
 def read_metadata(meta) -> dict:
-    """``{"schema_version": int, "scenario": dict}`` from Arrow (bytes keys) or HDF5 metadata."""
+    """``{"schema_version": int, "scenario": dict, "flows": int or None}`` from Arrow (bytes keys)
+    or HDF5 metadata."""
     def get(key):
         for k in (key, key.encode()):
             if k in meta:
@@ -64,8 +70,10 @@ def read_metadata(meta) -> dict:
 
     version = get(VERSION_KEY)
     scenario = get(SCENARIO_KEY)
+    flows = get(FLOWS_KEY)
     return {"schema_version": int(version) if version is not None else None,
-            "scenario": json.loads(scenario) if scenario else {}}
+            "scenario": json.loads(scenario) if scenario else {},
+            "flows": int(flows) if flows is not None else None}
 
 
 class Closeable:
