@@ -9,12 +9,14 @@ from hypothesis import strategies as st
 
 from fabricsim.errors import ConfigError
 from fabricsim.workload import CATALOG, get_model, load_model_toml, place
+from fabricsim.workload.traffic import total_params
 
 PAPER_MODELS = ["mixtral-8x7b", "mixtral-8x22b", "llama-moe", "qwen-moe", "deepseek-r1"]
 
 
 def test_catalog_has_the_paper_models_and_their_card_variants():
-    for name in PAPER_MODELS + ["mixtral-8x22b-card", "qwen-moe-32", "qwen-moe-card"]:
+    for name in PAPER_MODELS + ["mixtral-8x22b-card", "qwen-moe-32", "qwen-moe-card",
+                                "qwen-moe-shared", "qwen-moe-32-shared", "deepseek-r1-mha"]:
         assert name in CATALOG
     ds = CATALOG["deepseek-r1"]
     assert (ds.dense_layers, ds.moe_layers, ds.routed_experts, ds.shared_experts, ds.top_k) == \
@@ -26,6 +28,16 @@ def test_catalog_has_the_paper_models_and_their_card_variants():
     assert (m.layers, m.hidden, m.expert_ffn, m.routed_experts, m.top_k, m.kv_heads) == \
         (32, 4096, 14336, 8, 2, 8)
     assert m.head_dim == 128 and m.dense_ffn == m.expert_ffn
+
+
+@pytest.mark.parametrize("name, card_billions, digits", [
+    ("mixtral-8x7b", 46.7, 1), ("mixtral-8x22b-card", 141, 0), ("llama-moe", 6.7, 1),
+    ("qwen-moe-card", 14.3, 1), ("deepseek-r1", 671, 0),
+])
+def test_total_parameters_round_to_the_model_cards(name, card_billions, digits):
+    """The catalog's parameter count (no norms, biases or DeepSeek's MTP module) rounds to the
+    total that each model card states (reference mfabric.md section 6.3)."""
+    assert round(total_params(CATALOG[name]) / 1e9, digits) == card_billions
 
 
 def test_model_from_toml(tmp_path):

@@ -7,10 +7,20 @@ With h = hidden, and SwiGLU FFNs (three h x f matrices):
 
 - ``embedding``: 0 FLOPs (a lookup); memory-bound, ``2 * T * h * 2`` bytes over HBM (read the
   rows, write the output, bf16). Not TP-split.
-- ``attention``: ``[2 T h (H d + 2 K d) + 2 T (H d) h + c * 4 b s^2 H d] / tp``: QKV projection,
-  output projection, scores and weighted sum (H heads, K kv_heads, d head_dim, b micro_batch,
-  s seq_len). ``c = 1`` by default (Megatron's FLOPs accounting: no causal halving), ``1/2`` with
-  ``causal=True``.
+- ``attention``: ``2 T P_whole + [2 T P_split + c * 2 b s^2 H (d_qk + d_v)] / tp``: every weight
+  matrix of the block (:meth:`~fabricsim.workload.models.MoEModel.attention_matrices`) costs
+  2 FLOPs per parameter per token, then scores (over ``d_qk`` per head) and the weighted sum of
+  values (``d_v``); H heads, b micro_batch, s seq_len. ``P_split`` are the parameters split by
+  tensor parallelism, ``P_whole`` those every TP rank runs whole (MLA's down-projections; none
+  for MHA). MHA (``attention = "mha"``, K kv_heads, d head_dim = d_qk = d_v):
+  ``[2 T h (H d + 2 K d) + 2 T (H d) h + c * 4 b s^2 H d] / tp``. MLA (``"mla"``, r_q
+  q_lora_rank, r_kv kv_lora_rank, d_n / d_r / d_v the nope / rope / value head dims,
+  d_qk = d_n + d_r): ``2 T [h r_q + h (r_kv + d_r)] + [2 T (r_q H d_qk + r_kv H (d_n + d_v)
+  + H d_v h) + c * 2 b s^2 H (d_qk + d_v)] / tp`` (training form: keys and values are
+  decompressed, not absorbed into the queries). ``c = 1`` by default (Megatron's FLOPs
+  accounting: no causal halving), ``1/2`` with ``causal=True``. DeepSeek-R1 at s = 4096, tp 1:
+  374.2 MFLOPs of projections + 335.5 MFLOPs of scores and values per token with MLA, against
+  939.5 + 268.4 with 128 full heads of 128 (``deepseek-r1-mha``).
 - ``gate``: ``2 T h E`` (E routed experts), with an HBM floor of ``T * h * 2`` bytes (reading the
   activations). Not TP-split (every TP rank routes; conservative and negligible).
 - ``dense_ffn``: ``2 T * 3 h f_dense / tp``.
@@ -412,12 +422,12 @@ class ComputeModel:
         if op == "embedding":
             return 0.0
         if op == "attention":
-            qkv = 2.0 * T * h * (m.heads * m.head_dim + 2 * m.kv_heads * m.head_dim)
-            out = 2.0 * T * (m.heads * m.head_dim) * h
-            core = 4.0 * self.micro_batch * self.seq_len ** 2 * m.heads * m.head_dim
+            split, whole = m.attention_params_split()
+            core = (2.0 * self.micro_batch * self.seq_len ** 2 * m.heads
+                    * (m.qk_head_dim + m.value_head_dim))
             if self.causal:
                 core *= 0.5
-            return (qkv + out + core) / tp
+            return (2.0 * T * split + core) / tp + 2.0 * T * whole
         if op == "gate":
             return 2.0 * T * h * m.routed_experts
         if op == "dense_ffn":

@@ -26,6 +26,9 @@ one EP rank (its TP group holds it), ``tp``/``ep``/``dp``/``pp`` the degrees.
   the ``dp * ep`` GPUs with the same (stage, tp rank); expert parameters over the ``dp * tp`` GPUs
   with the same (stage, ep rank) when experts are whole on every GPU (``expert_tp = False``, the
   default), or over the ``dp`` GPUs with the same (stage, ep rank, tp rank) when they are split.
+  A GPU holds 1/tp of the attention's TP-split matrices, of the dense and shared FFNs, embedding
+  and LM head, and all of the routers and of MLA's down-projections (W_DQ, W_DKV: not split by
+  tensor parallelism, :mod:`fabricsim.workload.models`).
 
 Integer bytes are floored.
 """
@@ -34,8 +37,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ring_allreduce_flows", "a2a_flows", "a2a_bytes", "p2p_flows", "hierarchical_allreduce_flows",
-           "attention_params", "dense_params_per_gpu", "expert_params_per_gpu"]
+__all__ = ["ring_allreduce_flows", "a2a_flows", "a2a_bytes", "p2p_flows",
+           "hierarchical_allreduce_flows", "attention_params", "dense_params_per_gpu",
+           "expert_params_per_gpu", "total_params"]
 
 _EMPTY = np.zeros(0, np.int64)
 
@@ -104,30 +108,40 @@ def hierarchical_allreduce_flows(members: np.ndarray, gpus_per_server: int, size
 
 
 def attention_params(model) -> int:
-    """Parameters of one attention block: Q, K, V and output projections."""
-    q = model.heads * model.head_dim
-    kv = model.kv_heads * model.head_dim
-    return model.hidden * (q + 2 * kv) + q * model.hidden
+    """Parameters of one attention block: the sum of its weight matrices
+    (:meth:`~fabricsim.workload.models.MoEModel.attention_matrices`: Q, K, V and output
+    projections for MHA; the down- and up-projections and the output projection for MLA)."""
+    return sum(model.attention_params_split())
 
 
 def dense_params_per_gpu(model, layers, tp: int, *, first_stage: bool, last_stage: bool) -> int:
     """Non-expert parameters one GPU holds for ``layers`` (global layer indices) of a stage: its
-    1/tp share of attention, dense FFNs, shared experts, the embedding (first stage) and the LM
-    head (last stage), plus the (replicated) routers."""
+    1/tp share of attention (its TP-split matrices), dense FFNs, shared experts, the embedding
+    (first stage) and the LM head (last stage), plus the routers and MLA's down-projections,
+    which every TP rank holds whole."""
     h = model.hidden
+    split_attention, whole_attention = model.attention_params_split()
     total = 0
-    router = 0
+    whole = 0
     for layer in layers:
-        total += attention_params(model)
+        total += split_attention
+        whole += whole_attention
         if model.is_moe_layer(layer):
             total += 3 * h * model.shared_ffn * model.shared_experts
-            router += h * model.routed_experts
+            whole += h * model.routed_experts
         else:
             total += 3 * h * model.dense_ffn
     total += model.vocab * h * (int(first_stage) + int(last_stage))
-    return total // tp + router
+    return total // tp + whole
 
 
 def expert_params_per_gpu(model, moe_layers_in_stage: int, experts_per_rank: int, tp: int) -> int:
     """Routed-expert parameters one GPU holds: its 1/tp share of its rank's experts."""
     return moe_layers_in_stage * experts_per_rank * 3 * model.hidden * model.expert_ffn // tp
+
+
+def total_params(model) -> int:
+    """All parameters of the model as the catalog describes it: embedding, every layer's
+    attention, dense FFN or router + shared + routed experts, and the LM head (no norms)."""
+    dense = dense_params_per_gpu(model, range(model.layers), 1, first_stage=True, last_stage=True)
+    return dense + expert_params_per_gpu(model, model.moe_layers, model.routed_experts, 1)
