@@ -12,6 +12,26 @@ Builders (all links at ``link_gbps`` unless said otherwise; 1 µs links by defau
 - :func:`rail_optimized` - GPU ``i`` of every server attaches to the rail-``i`` switches; rails meet
   at the tier above (``build="fat-tree"``, the default) or at a spine tier (``build="superpod"``).
 
+NIC pooling. Every builder (these two, :func:`fabricsim.mixnet.mixnet`,
+:func:`fabricsim.topoopt.topoopt`) takes ``nic_pooling``, one of :data:`NIC_POOLING`, which says how
+a server's NICs carry its GPUs' inter-server traffic:
+
+- ``released`` (default): as the released simulator builds each fabric (reference ``mfabric.md``
+  4.2 and 5.3): one NIC per GPU on the fat-trees and the rail-optimized fabric; server-level
+  aggregates on MixNet (an ``(8 - alpha) B`` EPS link per server, one ``c x B`` link per server
+  pair with ``c`` circuits) and TopoOpt (a pair's ``c`` parallel links merged into ``c x B``).
+- ``pooled``: every fabric pools a server's NICs (NVLink + PXN-style: traffic to another server
+  may leave through any of them): the fat-trees get server hosts with one ``G x B`` link each, the
+  rail-optimized fabric PXN routing, MixNet and TopoOpt stay as released.
+- ``per-nic``: every inter-server flow goes through one NIC of ``B`` at each end: the fat-trees and
+  the rail-optimized fabric as released, MixNet with NIC-level EPS and one circuit per flow,
+  TopoOpt with a pair's parallel links kept apart, one per flow.
+
+On every pooled reading, as in the released MixNet model (reference 4.2: "no NVSwitch hop
+modelled"), the GPU -> NIC hop over NVLink is not part of an inter-server route; so a single GPU
+may get the whole pool (``G x B``, 6.4 Tb/s at G = 8 and B = 800 Gb/s) even where its NVLink
+(600 GiB/s = 5.15 Tb/s) could not feed it.
+
 Every builder produces a 2- or 3-tier Clos, described by :class:`ClosRouting`, whose shortest up-down
 paths are enumerated in closed form: same edge switch 1 path; same pod ``U`` paths (one per edge
 uplink); different pods ``U * V`` paths (edge uplink times aggregation uplink). One path per flow is
@@ -45,6 +65,8 @@ __all__ = [
     "PATH_KINDS",
     "NVLINK_DEFAULT_GBPS",
     "LINK_DELAY_DEFAULT_PS",
+    "NIC_POOLING",
+    "PxnRouting",
 ]
 
 # Enumerations stored as small integers in the arrays; the tuples give their names.
@@ -62,6 +84,9 @@ NVLINK_DEFAULT_GBPS = 600 * 2**30 * 8 / 1e9
 _MAX_K = 256
 #: Per-link propagation delay of the paper's simulations: 1 µs.
 LINK_DELAY_DEFAULT_PS = 1_000_000
+#: How a server's NICs carry its GPUs' traffic, the ``nic_pooling`` of every builder (see the
+#: module docstring).
+NIC_POOLING = ("released", "pooled", "per-nic")
 
 
 class Nodes(NamedTuple):
@@ -158,6 +183,42 @@ class Routes(NamedTuple):
     path_kind: np.ndarray
 
 
+class PxnRouting(NamedTuple):
+    """PXN routing on a rail-optimized fabric (NCCL 2.12, reference ``baselines.md`` section 4).
+
+    A flow from GPU ``(s, i)`` to GPU ``(d, j)`` of another server is handed over NVLink to GPU
+    ``(s, j)`` of its own server, whose NIC is on the destination's rail, and takes the rail's ECMP
+    path from there (``clos``: the fabric's :class:`ClosRouting`; GPU ``h`` is rank ``h % G`` of
+    server ``h // G``). The NVLink hand-over is not part of the route, as the GPU -> NIC hop of the
+    other pooled readings (see the module docstring). Flows inside a server take NVLink.
+    """
+
+    clos: ClosRouting
+    gpus_per_server: int
+
+    @property
+    def host_server(self) -> np.ndarray:
+        return self.clos.host_server
+
+    def relay(self, src, dst):
+        """``int64[F]``: the GPU whose NIC sends each flow (``src`` itself inside a server)."""
+        src = np.asarray(src, np.int64)
+        dst = np.asarray(dst, np.int64)
+        g = self.gpus_per_server
+        ss = self.clos.host_server[src]
+        return np.where(ss != self.clos.host_server[dst], ss * g + dst % g, src)
+
+    def route(self, src, dst, seed=0, circuits=None) -> Routes:
+        """One ECMP path per flow from its relay GPU; see :meth:`Fabric.route`."""
+        return self.clos.route(self.relay(src, dst), dst, seed, circuits)
+
+    def paths(self, s: int, d: int) -> list:
+        """All shortest up-down paths of host pair ``(s, d)`` from its relay GPU."""
+        if s == d:
+            return [[]]
+        return self.clos.paths(int(self.relay([s], [d])[0]), d)
+
+
 @dataclass(frozen=True, eq=False)
 class Fabric:
     """A fabric: nodes, directed links and routing tables (static structure).
@@ -235,9 +296,11 @@ class Fabric:
     def summary(self) -> str:
         """One line describing the fabric."""
         p = self.params
+        pooling = p.get("nic_pooling", "released")
         return (f"{self.name}: {self.n_hosts} {p.get('host', 'gpu')} hosts, "
                 f"{self.count('switch')} switches, {self.n_links} directed links, "
-                f"{p.get('link_gbps')} Gbps")
+                f"{p.get('link_gbps')} Gbps" + ("" if pooling == "released" else
+                                                 f", nic_pooling {pooling}"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,13 +348,18 @@ class _Builder:
 
 def _build_clos(name, params, *, n_hosts, host_is_gpu, gpus_per_server, host_edge, edges_per_pod,
                 aggs_per_pod, edge_par, core_uplinks, host_bps, edge_agg_bps, agg_core_bps,
-                nvlink_bps, delay_ps, nvlink_delay_ps, edge_rail=None) -> Fabric:
+                nvlink_bps, delay_ps, nvlink_delay_ps, edge_rail=None, pooled=False,
+                routing_class=None) -> Fabric:
     """Wire a Clos from a host -> edge map.
 
     ``host_edge[h]`` is host ``h``'s edge switch; edges ``e`` belong to pod ``e // edges_per_pod``.
     Each edge has ``aggs_per_pod * edge_par`` uplinks (``edge_par`` parallel links to every
     aggregation switch of its pod); each aggregation switch has ``core_uplinks`` links to cores, core
     ``c`` serving aggregation position ``c // core_uplinks`` of every pod (0 = 2-tier).
+    ``pooled`` (GPU hosts): the Clos's endpoints are server nodes, ``host_edge[s]`` server ``s``'s
+    edge switch, each with one link of ``host_bps``; a GPU's routing-table entries are its server's
+    (its flows to other servers start and end at the server node). ``routing_class`` wraps the
+    :class:`ClosRouting` (called with it and ``gpus_per_server``).
     """
     b = _Builder()
     host_edge = np.asarray(host_edge, np.int64)
@@ -299,26 +367,32 @@ def _build_clos(name, params, *, n_hosts, host_is_gpu, gpus_per_server, host_edg
     n_pods = -(-n_edges // edges_per_pod)
     host_server = np.arange(n_hosts, dtype=np.int64) // gpus_per_server if host_is_gpu else \
         np.arange(n_hosts, dtype=np.int64)
+    # Clos endpoints: the hosts, or with pooled NICs the servers
+    n_ends = n_hosts // gpus_per_server if pooled else n_hosts
+    end_of_host = host_server if pooled else np.arange(n_hosts, dtype=np.int64)
 
     hosts = np.empty(n_hosts, np.int64)
     for h in range(n_hosts):
         s = int(host_server[h])
         if host_is_gpu:
-            hosts[h] = b.node(NODE_GPU, TIER_HOST, server=s, pod=int(host_edge[h]) // edges_per_pod,
+            e = int(host_edge[s if pooled else h])
+            hosts[h] = b.node(NODE_GPU, TIER_HOST, server=s, pod=e // edges_per_pod,
                               rail=h % gpus_per_server)
         else:
             hosts[h] = b.node(NODE_SERVER, TIER_HOST, server=s, pod=int(host_edge[h]) // edges_per_pod)
+    ends = np.array([b.node(NODE_SERVER, TIER_HOST, server=s, pod=int(host_edge[s]) // edges_per_pod)
+                     for s in range(n_ends)], np.int64) if pooled else hosts
     edges = [b.node(NODE_SWITCH, TIER_EDGE, pod=e // edges_per_pod,
                     rail=-1 if edge_rail is None else int(edge_rail[e])) for e in range(n_edges)]
     aggs = [b.node(NODE_SWITCH, TIER_AGG, pod=p) for p in range(n_pods) for _ in range(aggs_per_pod)]
     n_cores = aggs_per_pod * core_uplinks if n_pods > 1 else 0
     cores = [b.node(NODE_SWITCH, TIER_CORE) for _ in range(n_cores)]
 
-    host_up = np.empty(n_hosts, np.int64)
-    host_down = np.empty(n_hosts, np.int64)
-    for h in range(n_hosts):
-        host_up[h], host_down[h] = b.duplex(int(hosts[h]), edges[int(host_edge[h])], host_bps, delay_ps,
-                                            LINK_EPS)
+    end_up = np.empty(n_ends, np.int64)
+    end_down = np.empty(n_ends, np.int64)
+    for h in range(n_ends):
+        end_up[h], end_down[h] = b.duplex(int(ends[h]), edges[int(host_edge[h])], host_bps, delay_ps,
+                                          LINK_EPS)
     n_up = aggs_per_pod * edge_par
     edge_up = np.empty((n_edges, n_up), np.int64)
     edge_down = np.empty((n_edges, n_up), np.int64)
@@ -347,8 +421,11 @@ def _build_clos(name, params, *, n_hosts, host_is_gpu, gpus_per_server, host_edg
                                                   LINK_NVLINK)
     nodes, links = b.freeze()
     edge_pod = np.arange(n_edges, dtype=np.int64) // edges_per_pod
-    routing = ClosRouting(host_edge, host_up, host_down, host_server, nvl_up, nvl_down, edge_pod,
-                          edge_up, edge_down, int(edge_par), agg_up, agg_down)
+    routing = ClosRouting(host_edge[end_of_host], end_up[end_of_host], end_down[end_of_host],
+                          host_server, nvl_up, nvl_down, edge_pod, edge_up, edge_down,
+                          int(edge_par), agg_up, agg_down)
+    if routing_class is not None:
+        routing = routing_class(routing, gpus_per_server)
     return Fabric(name=name, nodes=nodes, links=links, hosts=hosts, routing=routing, params=params)
 
 
@@ -371,6 +448,12 @@ def _check_common(link_gbps, host, gpus_per_server, nvlink_gbps, link_delay_ps, 
     return float(nvlink_gbps)
 
 
+def _check_pooling(nic_pooling) -> str:
+    require(nic_pooling in NIC_POOLING, "fabric.nic_pooling",
+            f"must be one of {', '.join(NIC_POOLING)}, got {nic_pooling!r}")
+    return nic_pooling
+
+
 def _check_int(value, name, minimum):
     require(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum,
             name, f"must be an integer >= {minimum}, got {value!r}")
@@ -380,7 +463,7 @@ def _check_int(value, name, minimum):
 def fat_tree(hosts: int, link_gbps: float, *, k: int | None = None, oversubscription: float = 1.0,
              oversub_build: str = "ports", host: str = "gpu", gpus_per_server: int = 8,
              nvlink_gbps: float | None = None, link_delay_ps: int = LINK_DELAY_DEFAULT_PS,
-             nvlink_delay_ps: int = 0) -> Fabric:
+             nvlink_delay_ps: int = 0, nic_pooling: str = "released") -> Fabric:
     """A 3-tier k-ary fat-tree of ``hosts`` hosts, all switch links at ``link_gbps``.
 
     ``k`` pods of ``k/2`` edge switches. Non-blocking (``oversubscription=1``): every edge switch has
@@ -401,6 +484,20 @@ def fat_tree(hosts: int, link_gbps: float, *, k: int | None = None, oversubscrip
     consecutive GPUs form a server joined by an NVSwitch (links of ``nvlink_gbps``, default
     600 GiB/s as the released MixNet simulator; the paper's text says 900 GB/s). ``host="server"``:
     hosts are servers with one aggregated link at ``link_gbps`` (MixNet's electrical side).
+
+    ``nic_pooling`` (GPU hosts; see the module docstring): ``released`` and ``per-nic`` build the
+    fabric above, one NIC of ``link_gbps`` per GPU (the released fat-tree binaries, reference
+    ``mfabric.md`` 5.3). ``pooled``: a server's ``G = gpus_per_server`` NICs act as one pool
+    (NVLink + PXN-style), so the fat-tree is built over the ``hosts / G`` *servers*, each with one
+    link of ``G * link_gbps``, and every switch link also runs at ``G * link_gbps`` (``/ r`` with
+    the speed build): ``k`` (given, or the smallest that fits) is the radix for the server count,
+    and the bisection is the GPU fat-tree's (non-blocking: ``hosts * link_gbps``; r:1 ports build:
+    the same ratio at the edge, with edge switches of ``k * r / (r + 1)`` servers instead of GPUs,
+    so the core capacity can differ by the rounding of the last edge switch). This is MixNet's EPS
+    with all ``G`` NICs on it (``mfabric.md`` 4.2): the hosts stay the GPUs (joined by an
+    NVSwitch), and a GPU's flows to another server start and end at its server's node, the GPU ->
+    NIC hop over NVLink not modelled. ``bom_from_fabric`` counts each ``G * link_gbps`` link as
+    ``G`` cables, so the non-blocking pooled fabric costs exactly the GPU fat-tree.
     """
     nvlink_gbps = _check_common(link_gbps, host, gpus_per_server, nvlink_gbps, link_delay_ps,
                                 nvlink_delay_ps)
@@ -410,10 +507,18 @@ def fat_tree(hosts: int, link_gbps: float, *, k: int | None = None, oversubscrip
             "fabric.oversubscription", f"must be a number >= 1 (r for r:1), got {oversubscription!r}")
     require(oversub_build in ("ports", "speed"), "fabric.oversub_build",
             f"must be 'ports' or 'speed', got {oversub_build!r}")
+    nic_pooling = _check_pooling(nic_pooling)
     host_is_gpu = host == "gpu"
     if host_is_gpu:
         require(hosts % gpus_per_server == 0, "fabric.hosts",
                 f"must be a multiple of gpus_per_server={gpus_per_server} when hosts are GPUs, got {hosts}")
+    else:
+        require(nic_pooling == "released", "fabric.nic_pooling",
+                f"must be 'released' when hosts are servers (host = 'server' has no GPUs whose NICs "
+                f"could be pooled or kept apart), got {nic_pooling!r}")
+    pooled = nic_pooling == "pooled"
+    ends = hosts // gpus_per_server if pooled else hosts  # the Clos's endpoints: servers if pooled
+    what = f"{ends} servers ({hosts} GPUs, NICs pooled)" if pooled else f"{hosts} hosts"
     r = float(oversubscription)
     by_ports = oversub_build == "ports" and r != 1.0
 
@@ -426,10 +531,10 @@ def fat_tree(hosts: int, link_gbps: float, *, k: int | None = None, oversubscrip
 
     if k is None:
         k = next((kk for kk in range(4, _MAX_K + 1, 2)
-                  if down_ports(kk) is not None and down_ports(kk) * kk * kk // 2 >= hosts), None)
+                  if down_ports(kk) is not None and down_ports(kk) * kk * kk // 2 >= ends), None)
         if k is None:
             raise ConfigError("fabric.oversubscription" if by_ports else "fabric.hosts",
-                              f"no even k <= {_MAX_K} fits {hosts} hosts at {r:g}:1 (ports build: "
+                              f"no even k <= {_MAX_K} fits {what} at {r:g}:1 (ports build: "
                               "k*r/(r+1) must be a whole number); use a ratio such as 2 or 3, the "
                               "'speed' build, or give k")
     else:
@@ -440,29 +545,31 @@ def fat_tree(hosts: int, link_gbps: float, *, k: int | None = None, oversubscrip
                 f"k={k} cannot split its ports {r:g}:1 (k*r/(r+1) must be a whole number below k)")
     d = down_ports(k)
     capacity = d * k * k // 2
-    require(hosts <= capacity, "fabric.hosts",
-            f"{hosts} hosts do not fit a k={k} fat-tree (at most {capacity} at {r:g}:1); "
+    require(ends <= capacity, "fabric.hosts",
+            f"{what} do not fit a k={k} fat-tree (at most {capacity} at {r:g}:1); "
             "raise k or leave it unset")
     aggs_per_pod = (k - d) if by_ports else k // 2
     slow = r if (oversub_build == "speed" and r != 1.0) else 1.0
-    host_edge = np.arange(hosts, dtype=np.int64) // d
+    host_edge = np.arange(ends, dtype=np.int64) // d
+    bps = link_gbps * 1e9 * (gpus_per_server if pooled else 1)
     params = dict(builder="fat_tree", hosts=hosts, link_gbps=link_gbps, k=k,
                   oversubscription=r, oversub_build=oversub_build, host=host,
                   gpus_per_server=gpus_per_server, nvlink_gbps=nvlink_gbps,
-                  link_delay_ps=int(link_delay_ps), nvlink_delay_ps=int(nvlink_delay_ps))
+                  link_delay_ps=int(link_delay_ps), nvlink_delay_ps=int(nvlink_delay_ps),
+                  nic_pooling=nic_pooling, host_link_gbps=bps / 1e9)
     name = "fat_tree" if r == 1.0 else f"fat_tree_{r:g}to1"
     return _build_clos(
         name, params, n_hosts=hosts, host_is_gpu=host_is_gpu, gpus_per_server=gpus_per_server,
         host_edge=host_edge, edges_per_pod=k // 2, aggs_per_pod=aggs_per_pod, edge_par=1,
-        core_uplinks=k // 2, host_bps=link_gbps * 1e9, edge_agg_bps=link_gbps * 1e9 / slow,
-        agg_core_bps=link_gbps * 1e9 / slow, nvlink_bps=nvlink_gbps * 1e9,
-        delay_ps=int(link_delay_ps), nvlink_delay_ps=int(nvlink_delay_ps))
+        core_uplinks=k // 2, host_bps=bps, edge_agg_bps=bps / slow, agg_core_bps=bps / slow,
+        nvlink_bps=nvlink_gbps * 1e9, delay_ps=int(link_delay_ps),
+        nvlink_delay_ps=int(nvlink_delay_ps), pooled=pooled)
 
 
 def rail_optimized(servers: int, link_gbps: float, gpus_per_server: int = 8, *,
                    build: str = "fat-tree", servers_per_leaf: int = 32, spines: int = 16,
                    nvlink_gbps: float | None = None, link_delay_ps: int = LINK_DELAY_DEFAULT_PS,
-                   nvlink_delay_ps: int = 0) -> Fabric:
+                   nvlink_delay_ps: int = 0, nic_pooling: str = "released") -> Fabric:
     """A non-blocking rail-optimized fabric: GPU ``i`` of every server attaches to rail-``i`` switches.
 
     ``build="fat-tree"`` (default, R-A of the baselines note): the 3-tier k = 2G fat-tree (G =
@@ -473,19 +580,32 @@ def rail_optimized(servers: int, link_gbps: float, gpus_per_server: int = 8, *,
     ``build="superpod"`` (R-B): a 2-tier leaf-spine like a DGX SuperPOD: leaf ``(group, r)`` carries
     GPU ``r`` of ``servers_per_leaf`` servers and has as many uplinks, spread evenly over ``spines``
     spine switches (``servers_per_leaf / spines`` parallel links to each).
+
+    ``nic_pooling`` (see the module docstring): ``released`` and ``per-nic``: every flow leaves
+    through its GPU's own NIC (the fat-tree binaries' one host per GPU, reference ``baselines.md``
+    1 and 4). ``pooled``: PXN routing (:class:`PxnRouting`; the NCCL 2.12 scheme that the paper's
+    rail-optimized baseline cites, ``baselines.md`` 4): a flow from GPU ``(s, i)`` to GPU ``(d,
+    j)`` crosses NVLink to GPU ``(s, j)`` and takes rail ``j``. Same links (and cost) as
+    ``released``. This is how a rail fabric pools its NICs in practice: one GPU's traffic to the
+    ``G`` GPUs of another server leaves through all ``G`` NICs, while a GPU still receives through
+    its own NIC only. A server-aggregate reading (one ``G x B`` link per server over the same
+    non-blocking Clos) would carry the same server-level traffic as the pooled fat-tree, with the
+    rails playing no part; PXN keeps what makes the fabric rail-optimized.
     """
     nvlink_gbps = _check_common(link_gbps, "gpu", gpus_per_server, nvlink_gbps, link_delay_ps,
                                 nvlink_delay_ps)
     servers = _check_int(servers, "fabric.servers", 1)
     require(build in ("fat-tree", "superpod"), "fabric.build",
             f"must be 'fat-tree' or 'superpod', got {build!r}")
+    nic_pooling = _check_pooling(nic_pooling)
     g = gpus_per_server
     n_hosts = servers * g
     gpu = np.arange(n_hosts, dtype=np.int64)
     server, rank = gpu // g, gpu % g
     params = dict(builder="rail_optimized", servers=servers, link_gbps=link_gbps,
                   gpus_per_server=g, build=build, host="gpu", nvlink_gbps=nvlink_gbps,
-                  link_delay_ps=int(link_delay_ps), nvlink_delay_ps=int(nvlink_delay_ps))
+                  link_delay_ps=int(link_delay_ps), nvlink_delay_ps=int(nvlink_delay_ps),
+                  nic_pooling=nic_pooling, routing="pxn" if nic_pooling == "pooled" else "direct")
     if build == "fat-tree":
         require(n_hosts >= 2, "fabric.servers", "need at least 2 GPUs in total")
         require(servers <= 2 * g * g, "fabric.servers",
@@ -512,5 +632,6 @@ def rail_optimized(servers: int, link_gbps: float, gpus_per_server: int = 8, *,
         host_edge=host_edge, edges_per_pod=edges_per_pod, aggs_per_pod=aggs_per_pod, edge_par=par,
         core_uplinks=core_up, host_bps=bps, edge_agg_bps=bps, agg_core_bps=bps,
         nvlink_bps=nvlink_gbps * 1e9, delay_ps=int(link_delay_ps),
-        nvlink_delay_ps=int(nvlink_delay_ps), edge_rail=edge_rail)
+        nvlink_delay_ps=int(nvlink_delay_ps), edge_rail=edge_rail,
+        routing_class=PxnRouting if nic_pooling == "pooled" else None)
 

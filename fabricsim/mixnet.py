@@ -21,6 +21,20 @@ the OCS link capacities of a configuration, :func:`reconfiguration_events` the c
 a change, and ``Fabric.route(src, dst, circuits=C)`` the routes under configuration ``C``
 (``int64[regions, R, R]``; default: the fabric's initial configuration, seeded random with at most
 alpha circuits per server, as the simulator's ``random_connect``).
+
+NIC-level readings (``nic_pooling="per-nic"``, or ``eps``/``ocs`` one by one; see
+:data:`fabricsim.fabric.NIC_POOLING`). The server-level aggregates above let one GPU-pair flow use
+all of a server's EPS NICs or all of a pair's circuits. ``eps="nic"``: the EPS fat-tree's hosts
+are the ``8 - alpha`` EPS NICs of every server, each with one link of ``B``; a flow leaves and
+enters through one NIC each, picked by a seeded hash, and its route runs from NIC to NIC.
+``ocs="nic"``: every intra-region server pair holds ``alpha`` duplex ``ocs`` links of ``B``, one
+per possible circuit (one NIC at each end; a NIC carries at most one circuit, so circuit ``k`` of a
+pair needs no NIC identity: it is the pair's ``k``-th link), the first ``C[i][j]`` at ``B`` and the
+rest at 0; a flow on the pair's circuits takes one of the ``C[i][j]``, picked by a seeded hash
+(:func:`fabricsim.kernels.routing.choice_hash`), so one flow gets at most ``B`` and ``c`` flows on
+distinct circuits ``c x B``. A re-wiring that keeps ``m`` of a pair's circuits keeps its first
+``m`` links (``hold="changed"`` holds only the links whose capacity changes); a relay of a server
+without EPS (failures) uses the pair's first circuit.
 """
 
 from __future__ import annotations
@@ -31,19 +45,29 @@ import numpy as np
 
 from fabricsim.engine import CapacityEvents
 from fabricsim.errors import ConfigError, require
-from fabricsim.fabric import (LINK_DELAY_DEFAULT_PS, LINK_EPS, LINK_NVLINK, LINK_OCS, NODE_GPU,
-                              NODE_OCS, NODE_SERVER, NODE_SWITCH, PATH_KINDS, TIER_HOST,
-                              TIER_NVSWITCH, ClosRouting, Fabric, Routes, _Builder, _check_common,
-                              _check_int, fat_tree)
+from fabricsim.fabric import (LINK_DELAY_DEFAULT_PS, LINK_NVLINK, LINK_OCS, NODE_GPU, NODE_OCS,
+                              NODE_SERVER, NODE_SWITCH, PATH_KINDS, TIER_HOST, TIER_NVSWITCH,
+                              ClosRouting, Fabric, Routes, _Builder, _check_common, _check_int,
+                              _check_pooling, fat_tree)
+from fabricsim.kernels.routing import pick
 
 __all__ = ["mixnet", "MixNetRouting", "random_circuits", "check_circuits",
-           "reconfiguration_events", "HOLD_MODES"]
+           "reconfiguration_events", "HOLD_MODES", "EPS_MODES", "OCS_MODES"]
 
 PATH_NVLINK = PATH_KINDS.index("nvlink")
 PATH_OCS = PATH_KINDS.index("ocs")
 #: What a reconfiguration takes down for its delay: every OCS link of the region (the released
 #: simulator pauses all of the region's OCS flows) or only the links whose circuit count changes.
 HOLD_MODES = ("region", "changed")
+#: The EPS's hosts: one ``(8 - alpha) B`` link per server, or the ``8 - alpha`` NICs at ``B``.
+EPS_MODES = ("server", "nic")
+#: A server pair's circuits: one ``c x B`` link (the released simulator), or one ``B`` link each.
+OCS_MODES = ("server-pair", "nic")
+#: The ``(eps, ocs)`` of each ``nic_pooling``: MixNet is released with server-level aggregates.
+_POOLING_MODES = {"released": ("server", "server-pair"), "pooled": ("server", "server-pair"),
+                  "per-nic": ("nic", "nic")}
+#: Salt of the per-flow circuit choice (:func:`fabricsim.kernels.routing.choice_hash`).
+_CIRCUIT_SALT = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,9 +75,12 @@ class MixNetRouting:
     """Routing of a MixNet fabric (arrays; ``S`` servers, ``R`` servers per region).
 
     ``host_server``, ``host_nvl_up``, ``host_nvl_down`` ``int64[H]`` (GPU hosts); ``eps`` the
-    fat-tree's :class:`~fabricsim.fabric.ClosRouting` whose host ``s`` is server ``s``;
-    ``ocs_link int64[S, R]``: the link from server ``s`` to the server at local index ``j`` of its
-    region (-1 for itself); ``circuits int64[regions, R, R]``: the initial configuration.
+    fat-tree's :class:`~fabricsim.fabric.ClosRouting` whose host ``s`` is server ``s`` (NIC-level
+    EPS: host ``s * E + k`` is EPS NIC ``k`` of server ``s``); ``ocs_link int64[S, R]``: the link
+    from server ``s`` to the server at local index ``j`` of its region (-1 for itself; per-NIC
+    circuits: the pair's first circuit link); ``circuits int64[regions, R, R]``: the initial
+    configuration; ``ocs_nic_link int64[S, R, alpha]``: per-NIC circuits, the pair's ``alpha``
+    circuit links (else None).
     """
 
     host_server: np.ndarray
@@ -67,8 +94,9 @@ class MixNetRouting:
     link_bps: float
     eps_ok: np.ndarray = None  # bool[S]: the server still has an EPS NIC (failures)
     ocs_degree: np.ndarray = None  # int64[S]: working OCS ports per server (failures)
-    nic_up: np.ndarray = None  # NIC-level EPS: int64[S, E] server -> NIC links (else None)
-    nic_down: np.ndarray = None  # int64[S, E] NIC -> server links
+    nic_up: np.ndarray = None  # NIC-level EPS: int64[S, E] NIC -> edge switch links (else None)
+    nic_down: np.ndarray = None  # int64[S, E] edge switch -> NIC links
+    ocs_nic_link: np.ndarray = None  # per-NIC circuits: int64[S, R, alpha] (else None)
 
     def __post_init__(self):
         n = self.ocs_link.shape[0]
@@ -94,14 +122,41 @@ class MixNetRouting:
     def n_regions(self) -> int:
         return int(self.circuits.shape[0])
 
+    def pair_links(self, server, peer) -> np.ndarray:
+        """``int64[n, k]``: the OCS links from ``server[i]`` to the server at local index
+        ``peer[i]`` of its region (``k = 1``: one link per pair; per-NIC circuits ``k = alpha``)."""
+        if self.ocs_nic_link is None:
+            return self.ocs_link[server, peer][:, None]
+        return self.ocs_nic_link[server, peer]
+
+    def pair_capacities(self, counts) -> np.ndarray:
+        """``float64[n, k]``: the capacities of :meth:`pair_links` for pairs with ``counts[i]``
+        circuits (``c * B`` on one link, or ``B`` on each of the first ``c``)."""
+        counts = np.asarray(counts, np.int64)
+        if self.ocs_nic_link is None:
+            return counts[:, None].astype(np.float64) * self.link_bps
+        slots = np.arange(self.ocs_nic_link.shape[2])
+        return (slots[None, :] < counts[:, None]).astype(np.float64) * self.link_bps
+
     def capacities(self, circuits=None):
         """``(link_ids int64[n], capacity_bps float64[n])`` of every OCS link under ``circuits``."""
         c = self.circuits if circuits is None else circuits
         s = np.arange(self.ocs_link.shape[0])
         region, local = s // self.region_servers, s % self.region_servers
         per_link = c[region[:, None], local[:, None], np.arange(self.region_servers)[None, :]]
-        keep = self.ocs_link >= 0
-        return self.ocs_link[keep], per_link[keep].astype(np.float64) * self.link_bps
+        keep = local[:, None] != np.arange(self.region_servers)[None, :]
+        server, peer = np.nonzero(keep)
+        links = self.pair_links(server, peer)
+        return links.ravel(), self.pair_capacities(per_link[keep]).ravel()
+
+    def _circuit_links(self, server, peer, counts, flow, seed) -> np.ndarray:
+        """``int64[n]``: the circuit link each flow ``flow[i]`` (index in its route call) takes
+        from ``server[i]`` to local peer ``peer[i]``, whose pair has ``counts[i] >= 1`` circuits."""
+        if self.ocs_nic_link is None:
+            return self.ocs_link[server, peer]
+        k = pick(np.uint64(seed & 0xFFFFFFFFFFFFFFFF), np.asarray(flow, np.int64),
+                 np.asarray(counts, np.int64), _CIRCUIT_SALT)
+        return self.ocs_nic_link[server, peer, k]
 
     def route(self, src, dst, seed=0, circuits=None) -> Routes:
         """NVLink inside a server; the pair's circuit when ``circuits`` has one; else the EPS."""
@@ -131,7 +186,7 @@ class MixNetRouting:
         if self.nic_up is None:
             e = self.eps.route(es[eps_path], ed[eps_path], seed)
         else:  # NIC-level EPS: leave and enter through one NIC each, picked by a seeded hash
-            e, first, last = self._nic_route(es, ed, eps_path, seed, first, last)
+            e = self._nic_route(es, ed, eps_path, seed, first, last)
         length = np.where(local, 2, 1)
         length[eps] = 0
         length[eps_path] = np.diff(e.route_ptr)
@@ -142,7 +197,9 @@ class MixNetRouting:
         at = ptr[:-1]
         links[at[local]] = self.host_nvl_up[src[local]]
         links[at[local] + 1] = self.host_nvl_down[dst[local]]
-        links[at[optical]] = self.ocs_link[ss[optical], ds[optical] % r]
+        links[at[optical]] = self._circuit_links(
+            ss[optical], ds[optical] % r, c[ss[optical] // r, ss[optical] % r, ds[optical] % r],
+            np.flatnonzero(optical), seed)
         head = (first >= 0).astype(np.int64)
         links[at[first >= 0]] = first[first >= 0]
         links[ptr[1:][last >= 0] - 1] = last[last >= 0]
@@ -157,20 +214,17 @@ class MixNetRouting:
         return Routes(ptr, links, kind)
 
     def _nic_route(self, es, ed, eps_path, seed, first, last):
-        """EPS routes between NICs of servers ``es``/``ed`` (where ``eps_path``), with the
-        server -> NIC and NIC -> server links as the routes' first and last links."""
+        """EPS routes between NICs of servers ``es``/``ed`` (where ``eps_path``): from the
+        source NIC's link ``nic_up[s, k]`` to the destination NIC's ``nic_down[d, k']``."""
         n_nics = self.nic_up.shape[1]
         i = np.flatnonzero(eps_path)
-        h = (i.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed & 0xFFFFFFFF))
-        k_src = ((h >> np.uint64(33)) % np.uint64(n_nics)).astype(np.int64)
-        k_dst = ((h >> np.uint64(17)) % np.uint64(n_nics)).astype(np.int64)
-        e = self.eps.route(es[i] * n_nics + k_src, ed[i] * n_nics + k_dst, seed)
         if np.any(first[i] >= 0) or np.any(last[i] >= 0):
             raise ConfigError("failures", "EPS relays are modelled with the server-level EPS "
                               "(eps = 'server')")
-        first[i] = self.nic_up[es[i], k_src]
-        last[i] = self.nic_down[ed[i], k_dst]
-        return e, first, last
+        h = (i.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed & 0xFFFFFFFF))
+        k_src = ((h >> np.uint64(33)) % np.uint64(n_nics)).astype(np.int64)
+        k_dst = ((h >> np.uint64(17)) % np.uint64(n_nics)).astype(np.int64)
+        return self.eps.route(es[i] * n_nics + k_src, ed[i] * n_nics + k_dst, seed)
 
     def paths(self, s: int, d: int, circuits=None) -> list:
         """The paths of host pair ``(s, d)``: NVLink, the circuit, or every EPS path."""
@@ -180,13 +234,14 @@ class MixNetRouting:
             return [[]]
         if ss == ds and self.host_nvl_up[s] >= 0:
             return [[int(self.host_nvl_up[s]), int(self.host_nvl_down[d])]]
-        if ss // r == ds // r and c[ss // r, ss % r, ds % r] > 0:
-            return [[int(self.ocs_link[ss, ds % r])]]
+        n_circuits = int(c[ss // r, ss % r, ds % r]) if ss // r == ds // r else 0
+        if n_circuits > 0:
+            links = self.pair_links(np.array([ss]), np.array([ds % r]))[0]
+            return [[int(link)] for link in links[:n_circuits if self.ocs_nic_link is not None else 1]]
         if self.nic_up is None:
             return self.eps.paths(ss, ds)
         n = self.nic_up.shape[1]
-        return [[int(self.nic_up[ss, a])] + p + [int(self.nic_down[ds, b])]
-                for a in range(n) for b in range(n) for p in self.eps.paths(ss * n + a, ds * n + b)]
+        return [p for a in range(n) for b in range(n) for p in self.eps.paths(ss * n + a, ds * n + b)]
 
 
 def check_circuits(circuits, alpha: int, region_servers: int, n_regions: int,
@@ -234,7 +289,8 @@ def reconfiguration_events(fabric: Fabric, region: int, old, new, start_ps: int,
                            hold: str = "region") -> CapacityEvents:
     """Capacity events of re-wiring ``region`` from configuration ``old`` to ``new`` (``[R, R]``)
     at ``start_ps``: the held links (``hold="region"``: all of the region's OCS links, the released
-    simulator; ``"changed"``: those whose circuit count changes) carry nothing until
+    simulator; ``"changed"``: those whose capacity changes, i.e. the pairs whose circuit count
+    changes, or with per-NIC circuits the circuits added or removed) carry nothing until
     ``start_ps + delay_ps``, then every OCS link of the region has its new capacity."""
     rt = fabric.routing
     require(isinstance(rt, MixNetRouting), "fabric", "must be a MixNet fabric")
@@ -244,19 +300,22 @@ def reconfiguration_events(fabric: Fabric, region: int, old, new, start_ps: int,
     old = check_circuits(old, rt.alpha, r, 1, "old")[0]
     new = check_circuits(new, rt.alpha, r, 1, "new")[0]
     i, j = np.nonzero(~np.eye(r, dtype=bool))
-    links = rt.ocs_link[region * r + i, j]
-    held = np.ones(links.size, bool) if hold == "region" else old[i, j] != new[i, j]
+    links = rt.pair_links(region * r + i, j).ravel()
+    new_bps = rt.pair_capacities(new[i, j]).ravel()
+    held = np.ones(links.size, bool) if hold == "region" else \
+        rt.pair_capacities(old[i, j]).ravel() != new_bps
     t0, t1 = int(start_ps), int(start_ps) + int(delay_ps)
     time_ps = np.r_[np.full(int(held.sum()), t0), np.full(links.size, t1)].astype(np.int64)
     return CapacityEvents(time_ps, np.r_[links[held], links].astype(np.int64),
-                          np.r_[np.zeros(int(held.sum())), new[i, j] * rt.link_bps])
+                          np.r_[np.zeros(int(held.sum())), new_bps])
 
 
 def mixnet(servers: int, link_gbps: float, *, alpha: int = 6, gpus_per_server: int = 8,
            region_servers: int | None = None, ocs_ports: int | None = None,
            circuits=None, seed: int = 13, nvlink_gbps: float | None = None,
            link_delay_ps: int = LINK_DELAY_DEFAULT_PS, nvlink_delay_ps: int = 0,
-           eps: str = "server") -> Fabric:
+           eps: str | None = None, ocs: str | None = None,
+           nic_pooling: str = "released") -> Fabric:
     """A MixNet fabric of ``servers`` servers (see the module docstring).
 
     ``alpha`` (0 .. 8) NICs per server go to the OCS; ``region_servers`` servers per region
@@ -266,7 +325,13 @@ def mixnet(servers: int, link_gbps: float, *, alpha: int = 6, gpus_per_server: i
     ``eps="server"`` (default, the released simulator): the EPS fat-tree's hosts are servers with
     one ``(8 - alpha) * B`` link; ``eps="nic"``: its hosts are the ``8 - alpha`` EPS NICs of every
     server, each at ``B``, and a flow leaves through one NIC picked by a seeded hash (so one flow
-    gets at most ``B``).
+    gets at most ``B``). ``ocs="server-pair"`` (default, the released simulator, reference
+    ``mfabric.md`` 4.2): a pair with ``c`` circuits is one ``c * B`` link shared by all its flows;
+    ``ocs="nic"``: each circuit is its own ``B`` link and a flow takes one (module docstring).
+    ``nic_pooling``: ``released`` and ``pooled`` mean the server-level aggregates (``eps``/``ocs``
+    default to ``server``/``server-pair``; ``released`` lets either be set on its own), ``per-nic``
+    means ``eps="nic"`` and ``ocs="nic"``; with ``pooled`` or ``per-nic``, ``eps`` and ``ocs`` must
+    be left unset or agree.
     """
     nvlink_gbps = _check_common(link_gbps, "gpu", gpus_per_server, nvlink_gbps, link_delay_ps,
                                 nvlink_delay_ps)
@@ -285,7 +350,15 @@ def mixnet(servers: int, link_gbps: float, *, alpha: int = 6, gpus_per_server: i
                           f"{need} OCS ports, but an OCS has {ports}; use smaller regions")
     n_regions = servers // r
     link_bps = float(link_gbps) * 1e9
-    require(eps in ("server", "nic"), "fabric.eps", f"must be 'server' or 'nic', got {eps!r}")
+    nic_pooling = _check_pooling(nic_pooling)
+    for field, value, allowed, want in (("fabric.eps", eps, EPS_MODES, _POOLING_MODES[nic_pooling][0]),
+                                        ("fabric.ocs", ocs, OCS_MODES, _POOLING_MODES[nic_pooling][1])):
+        require(value is None or value in allowed, field,
+                f"must be {' or '.join(repr(a) for a in allowed)}, got {value!r}")
+        require(value in (None, want) or nic_pooling == "released", field,
+                f"must be {want!r} (or unset) with nic_pooling = {nic_pooling!r}, got {value!r}")
+    eps = _POOLING_MODES[nic_pooling][0] if eps is None else eps
+    ocs = _POOLING_MODES[nic_pooling][1] if ocs is None else ocs
     e_nics = nics - alpha
     if eps == "server":
         eps_fab = fat_tree(servers, e_nics * float(link_gbps), host="server",
@@ -306,15 +379,12 @@ def mixnet(servers: int, link_gbps: float, *, alpha: int = 6, gpus_per_server: i
     nic_up = nic_down = None
     if eps == "server":
         server_node = eps_fab.hosts
-    else:  # a server node joined to its EPS NICs (the EPS fat-tree's hosts)
+    else:  # the EPS fat-tree's hosts are the NICs; a server node carries the circuits
+        for h, node in enumerate(eps_fab.hosts.tolist()):
+            b.server[node] = h // e_nics
         server_node = np.array([b.node(NODE_SERVER, TIER_HOST, server=s) for s in range(servers)])
-        nic_up = np.empty((servers, e_nics), np.int64)
-        nic_down = np.empty((servers, e_nics), np.int64)
-        for s in range(servers):
-            for k in range(e_nics):
-                nic_up[s, k], nic_down[s, k] = b.duplex(int(server_node[s]),
-                                                        int(eps_fab.hosts[s * e_nics + k]),
-                                                        link_bps, 0, LINK_EPS)
+        nic_up = eps_fab.routing.host_up.reshape(servers, e_nics)
+        nic_down = eps_fab.routing.host_down.reshape(servers, e_nics)
     n_gpus = servers * gpus_per_server
     hosts = np.empty(n_gpus, np.int64)
     nvl_up = np.full(n_gpus, -1, np.int64)
@@ -326,23 +396,29 @@ def mixnet(servers: int, link_gbps: float, *, alpha: int = 6, gpus_per_server: i
             if gpus_per_server > 1:
                 nvl_up[g], nvl_down[g] = b.duplex(int(hosts[g]), nvs, nvlink_gbps * 1e9,
                                                   nvlink_delay_ps, LINK_NVLINK)
-    ocs_link = np.full((servers, r), -1, np.int64)
+    slots = 1 if ocs == "server-pair" else alpha  # links per server pair
+    ocs_nic_link = np.full((servers, r, slots), -1, np.int64)
     for reg in range(n_regions):
         b.node(NODE_OCS, TIER_HOST)
         first = reg * r
         for i in range(r):
             for j in range(i + 1, r):
-                cap = circuits[reg, i, j] * link_bps
-                ocs_link[first + i, j], ocs_link[first + j, i] = b.duplex(
-                    int(server_node[first + i]), int(server_node[first + j]), cap, link_delay_ps,
-                    LINK_OCS)
+                c = int(circuits[reg, i, j])
+                for k in range(slots):
+                    cap = c * link_bps if ocs == "server-pair" else float(k < c) * link_bps
+                    ocs_nic_link[first + i, j, k], ocs_nic_link[first + j, i, k] = b.duplex(
+                        int(server_node[first + i]), int(server_node[first + j]), cap,
+                        link_delay_ps, LINK_OCS)
+    ocs_link = ocs_nic_link[:, :, 0] if slots else np.full((servers, r), -1, np.int64)
     nodes, links = b.freeze()
     routing = MixNetRouting(host_server=np.arange(n_gpus, dtype=np.int64) // gpus_per_server,
                             host_nvl_up=nvl_up, host_nvl_down=nvl_down, eps=eps_fab.routing,
                             region_servers=r, ocs_link=ocs_link, circuits=circuits, alpha=alpha,
-                            link_bps=link_bps, nic_up=nic_up, nic_down=nic_down)
+                            link_bps=link_bps, nic_up=nic_up, nic_down=nic_down,
+                            ocs_nic_link=None if ocs == "server-pair" else ocs_nic_link)
     params = dict(builder="mixnet", servers=servers, link_gbps=link_gbps, alpha=alpha,
                   gpus_per_server=gpus_per_server, region_servers=r, regions=n_regions, eps=eps,
+                  ocs=ocs, nic_pooling=nic_pooling,
                   ocs_ports=ports, eps_k=eps_fab.params["k"], eps_gbps=e_nics * float(link_gbps),
                   seed=seed, nvlink_gbps=nvlink_gbps, link_delay_ps=int(link_delay_ps),
                   nvlink_delay_ps=int(nvlink_delay_ps), host="gpu")

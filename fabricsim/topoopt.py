@@ -14,9 +14,20 @@ nodes: the hosts, one per GPU, host ``h`` on server ``h // gpus_per_server``). L
 NVSwitch NVLink (``nvlink_gbps``, default 600 GiB/s, 0 delay), and one duplex link of kind ``ocs``
 (a patch-panel circuit: optical, but never re-wired) per server pair that has ``c >= 1`` links,
 at ``c * link_gbps`` in each direction (parallel links merged, as the released flat topology's
-queue at ``c x B``), ``link_delay_ps`` (1 µs) each way. GPUs reach their server's NICs implicitly:
-like the released simulators, the GPU -> NIC hop is not modelled, so an inter-server route starts
-at the source server node's link and ends at the destination server node.
+queue at ``c x B``, ``reference/baselines.md`` 5.3), ``link_delay_ps`` (1 µs) each way. GPUs
+reach their server's NICs implicitly: like the released simulators, the GPU -> NIC hop is not
+modelled, so an inter-server route starts at the source server node's link and ends at the
+destination server node.
+
+NIC pooling (``nic_pooling``, the same switch as every fabric builder; see
+:data:`fabricsim.fabric.NIC_POOLING`). ``released`` (default) and ``pooled``: merged parallel
+links as above; a server pair's ``c`` links act as one pool, so one flow may get ``c *
+B``. ``per-nic``: each of the ``c`` links is its own duplex link at ``link_gbps`` (one NIC at each
+end), built one after the other, and a flow takes one of them per hop, picked by a seeded hash of
+the flow (``seed`` of :meth:`Fabric.route`, :func:`fabricsim.kernels.routing.choice_hash`), so one
+flow gets at most ``B``. Both readings share the topology and the server-level paths (the shortest
+path search runs over server-pair *bundles* numbered as the merged links), so they differ only in
+how a pair's links are shared.
 
 Traffic (per server pair, one iteration). ``allreduce_groups``: ``[(member_servers, bytes)]``, the
 bytes an all-reduce moves between servers (the ring task's total); ``mp_demand[i, j]``: every other
@@ -72,12 +83,15 @@ Routing. One path per ordered server pair: a breadth-first search from every ser
 random tie-breaks (``seed``, default 13; :func:`fabricsim.kernels.pairroute.bfs_pair_paths`), so a
 direct link is used when there is one and otherwise a fewest-hop path through intermediate
 servers. No ECMP. GPU-to-GPU flows ride their server pair's path; flows inside a server take
-NVLink (GPU -> NVSwitch -> GPU). Path kinds: ``nvlink``; ``direct`` for one hop and ``multihop``
-for relayed paths where :data:`fabricsim.fabric.PATH_KINDS` has them (else ``tor`` and ``pod``).
+NVLink (GPU -> NVSwitch -> GPU). With ``nic_pooling="per-nic"`` each hop of a flow takes one of
+its bundle's parallel links (above). Path kinds: ``nvlink``; ``direct`` for one hop and
+``multihop`` for relayed paths where :data:`fabricsim.fabric.PATH_KINDS` has them (else ``tor``
+and ``pod``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -99,6 +113,7 @@ from fabricsim.fabric import (
     _Builder,
     _check_common,
     _check_int,
+    _check_pooling,
 )
 from fabricsim.kernels.pairroute import bfs_pair_paths, route_pairs
 
@@ -121,8 +136,11 @@ class PairTableRouting(NamedTuple):
 
     Hosts ``[H]``: ``host_server`` server index, ``host_nvl_up``/``host_nvl_down`` the GPU ->
     NVSwitch and NVSwitch -> GPU links (-1 when servers have one GPU). ``pair_ptr int64[S*S + 1]``
-    and ``pair_links int64[nnz]``: the links, in path order, from server ``i`` to server ``j``
-    at ``pair_links[pair_ptr[i*S + j]:pair_ptr[i*S + j + 1]]`` (empty for ``i == j``).
+    and ``pair_links int64[nnz]``: the bundles, in path order, from server ``i`` to server ``j``
+    at ``pair_links[pair_ptr[i*S + j]:pair_ptr[i*S + j + 1]]`` (empty for ``i == j``). Bundle
+    ``b`` is the ``bundle_size[b]`` parallel links ``bundle_first[b] + 2 * k`` (see
+    :mod:`fabricsim.kernels.pairroute`); with merged parallel links every bundle is one link and
+    its id is the link id.
     """
 
     host_server: np.ndarray
@@ -131,28 +149,39 @@ class PairTableRouting(NamedTuple):
     n_servers: int
     pair_ptr: np.ndarray
     pair_links: np.ndarray
+    bundle_first: np.ndarray
+    bundle_size: np.ndarray
 
     def route(self, src, dst, seed=0, circuits=None) -> Routes:
-        """The pair's path for each flow (``seed`` and ``circuits`` are ignored: one path per pair,
-        no circuits); NVLink inside a server."""
+        """The pair's path for each flow, NVLink inside a server; each hop's parallel link is
+        picked by a hash of ``(seed, flow index)`` (one link per bundle when merged: ``seed`` has
+        no effect). ``circuits`` is ignored (no circuits)."""
         ptr, links, kind = route_pairs(src, dst, self.host_server, self.host_nvl_up,
                                        self.host_nvl_down, int(self.n_servers), self.pair_ptr,
-                                       self.pair_links, PATH_NVLINK, PATH_DIRECT, PATH_MULTIHOP)
+                                       self.pair_links, self.bundle_first, self.bundle_size,
+                                       np.uint64(seed & 0xFFFFFFFFFFFFFFFF), PATH_NVLINK,
+                                       PATH_DIRECT, PATH_MULTIHOP)
         return Routes(ptr, links, kind)
 
-    def server_path(self, i: int, j: int) -> list:
-        """Link ids of the path from server ``i`` to server ``j``."""
+    def _bundles(self, i: int, j: int) -> list:
         p = int(i) * int(self.n_servers) + int(j)
         return [int(x) for x in self.pair_links[self.pair_ptr[p]:self.pair_ptr[p + 1]]]
 
+    def server_path(self, i: int, j: int) -> list:
+        """Link ids of the path from server ``i`` to server ``j`` (each hop's first parallel link)."""
+        return [int(self.bundle_first[b]) for b in self._bundles(i, j)]
+
     def paths(self, s: int, d: int) -> list:
-        """The one path between hosts ``s`` and ``d`` (a list holding one list of link ids)."""
+        """The paths between hosts ``s`` and ``d``: NVLink, or the pair's path through every
+        combination of its hops' parallel links (one path when they are merged)."""
         if s == d:
             return [[]]
         ss, ds = int(self.host_server[s]), int(self.host_server[d])
         if ss == ds:
             return [[int(self.host_nvl_up[s]), int(self.host_nvl_down[d])]]
-        return [self.server_path(ss, ds)]
+        hops = [[int(self.bundle_first[b]) + 2 * k for k in range(int(self.bundle_size[b]))]
+                for b in self._bundles(ss, ds)]
+        return [list(p) for p in itertools.product(*hops)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,13 +399,16 @@ def _build_links(servers, degree, groups, mp, port_split, rng):
 def topoopt(servers: int, link_gbps: float, *, degree: int = 8, gpus_per_server: int = 8,
             allreduce_groups=(), mp_demand=None, port_split: str = "released",
             seed: int = SEED_DEFAULT, nvlink_gbps: float | None = None,
-            link_delay_ps: int = LINK_DELAY_DEFAULT_PS) -> Fabric:
+            link_delay_ps: int = LINK_DELAY_DEFAULT_PS, nic_pooling: str = "released") -> Fabric:
     """A TopoOpt fabric over ``servers`` servers of ``degree`` NICs at ``link_gbps`` each.
 
     ``allreduce_groups``: ``[(member_servers, bytes)]``; ``mp_demand``: ``servers x servers``
     bytes of the other inter-server traffic; ``port_split``: ``released`` (all ports to
     all-reduce rings) or ``paper`` (ports in proportion to bytes, MP ports by matchings);
-    ``seed``: tie-breaks of the matchings and the shortest paths. See the module docstring.
+    ``seed``: tie-breaks of the matchings and the shortest paths. ``nic_pooling``: ``released``
+    or ``pooled`` (a pair's parallel links merged into one link of ``c * B``, reference
+    ``baselines.md`` 5.3) or ``per-nic`` (each parallel link its own ``B`` link, a flow takes one
+    by a seeded hash). See the module docstring.
     """
     servers = _check_int(servers, "fabric.servers", 2)
     degree = _check_int(degree, "fabric.degree", 2)
@@ -390,6 +422,8 @@ def topoopt(servers: int, link_gbps: float, *, degree: int = 8, gpus_per_server:
     require(port_split in PORT_SPLITS, "fabric.port_split",
             f"must be one of {', '.join(PORT_SPLITS)}, got {port_split!r}")
     seed = _check_int(seed, "fabric.seed", 0)
+    nic_pooling = _check_pooling(nic_pooling)
+    merged = nic_pooling != "per-nic"
     groups = _normalize_groups(allreduce_groups, servers)
     mp = _check_demand(mp_demand, servers)
 
@@ -404,11 +438,19 @@ def topoopt(servers: int, link_gbps: float, *, degree: int = 8, gpus_per_server:
     hosts = np.array([b.node(NODE_GPU, TIER_HOST, server=h // g, rail=h % g) for h in range(n_hosts)],
                      np.int64)
     iu, ju = np.nonzero(np.triu(count, 1))
-    adj = [[] for _ in range(servers)]  # (neighbour, directed link id)
-    for i, j in zip(iu.tolist(), ju.tolist()):
-        up, down = b.duplex(server_node[i], server_node[j], int(count[i, j]) * bps, delay_ps, LINK_OCS)
-        adj[i].append((j, up))
-        adj[j].append((i, down))
+    adj = [[] for _ in range(servers)]  # (neighbour, directed bundle id)
+    # bundle 2m (i -> j) and 2m + 1 (j -> i) of pair m: the merged link ids, in both readings
+    bundle_first = np.empty(2 * iu.size, np.int64)
+    bundle_size = np.repeat(count[iu, ju] if not merged else np.ones(iu.size, np.int64), 2)
+    for m, (i, j) in enumerate(zip(iu.tolist(), ju.tolist())):
+        c = int(count[i, j])
+        for k in range(1 if merged else c):
+            up, _ = b.duplex(server_node[i], server_node[j], (c if merged else 1) * bps, delay_ps,
+                             LINK_OCS)
+            if k == 0:
+                bundle_first[2 * m], bundle_first[2 * m + 1] = up, up + 1
+        adj[i].append((j, 2 * m))
+        adj[j].append((i, 2 * m + 1))
     nvl_up = np.full(n_hosts, -1, np.int64)
     nvl_down = np.full(n_hosts, -1, np.int64)
     if g > 1:
@@ -427,9 +469,10 @@ def topoopt(servers: int, link_gbps: float, *, degree: int = 8, gpus_per_server:
         raise AssertionError("topoopt: some server pair is unreachable")
     off = ~np.eye(servers, dtype=bool)
     routing = PairTableRouting(np.arange(n_hosts, dtype=np.int64) // g, nvl_up, nvl_down, servers,
-                               pair_ptr, pair_links)
+                               pair_ptr, pair_links, bundle_first, bundle_size.astype(np.int64))
     params = dict(builder="topoopt", servers=servers, link_gbps=link_gbps, degree=degree,
                   gpus_per_server=g, host="gpu", port_split=port_split, seed=seed,
+                  nic_pooling=nic_pooling, parallel_links="merged" if merged else "separate",
                   nvlink_gbps=nvlink_gbps, link_delay_ps=delay_ps, nvlink_delay_ps=0,
                   allreduce_groups=len(groups), direct_pairs=int(iu.size),
                   max_hops=int(dist.max()), mean_hops=float(dist[off].mean()), **info)
@@ -445,7 +488,7 @@ def link_counts(fabric: Fabric) -> np.ndarray:
     keep = (lk.kind == LINK_OCS) & (nd.kind[lk.src] == NODE_SERVER) & (nd.kind[lk.dst] == NODE_SERVER)
     out = np.zeros((S, S), np.int64)
     c = np.rint(lk.capacity_bps[keep] / (float(p["link_gbps"]) * 1e9)).astype(np.int64)
-    out[nd.server[lk.src[keep]], nd.server[lk.dst[keep]]] = c
+    np.add.at(out, (nd.server[lk.src[keep]], nd.server[lk.dst[keep]]), c)  # parallel links add
     return out
 
 

@@ -9,20 +9,26 @@ Two kernels:
   link)`` (each node picks uniformly among its shortest-path predecessors). The paths from ``s``
   therefore form a shortest-path tree.
 - :func:`route_pairs` routes GPU-to-GPU flows: NVLink inside a server (``nvl_up[src]``,
-  ``nvl_down[dst]``), the server pair's path otherwise.
+  ``nvl_down[dst]``), the server pair's path otherwise, one of each hop's parallel links per flow.
 
 Layouts. Servers ``0 .. S-1``; adjacency as CSR over servers: ``adj_ptr int64[S + 1]``,
-``adj_nbr int64[A]`` (neighbour server), ``adj_link int64[A]`` (the directed link id ``u -> nbr``).
-Path table: ``pair_ptr int64[S * S + 1]`` indexed by ``i * S + j`` and ``pair_links int64[nnz]``
-(link ids in path order from server ``i`` to server ``j``; the diagonal is empty). Unreachable
-pairs also have empty paths and are reported by ``dist == -1``.
+``adj_nbr int64[A]`` (neighbour server), ``adj_link int64[A]`` (the directed *bundle* id ``u ->
+nbr``: the parallel links from ``u`` to ``nbr``, see below). Path table: ``pair_ptr int64[S * S +
+1]`` indexed by ``i * S + j`` and ``pair_links int64[nnz]`` (bundle ids in path order from server
+``i`` to server ``j``; the diagonal is empty). Unreachable pairs also have empty paths and are
+reported by ``dist == -1``.
+Bundles: bundle ``b`` holds the ``bundle_size[b]`` parallel links ``bundle_first[b] + 2 * k``
+(``k = 0 .. size - 1``: duplex links built one after the other, so the opposite direction's twins
+are the ids + 1). A flow takes parallel link ``k = choice_hash(seed, flow, hop + 1) % size`` at
+each hop (:func:`fabricsim.kernels.routing.choice_hash`); with bundles of one link (merged
+parallel links) the bundle id is the link id and the path is the table's.
 Routes: ``route_ptr int64[F + 1]``, ``route_links int64[nnz]``, ``path_kind int8[F]``.
 """
 
 import numpy as np
 
 from fabricsim._jit import njit
-from fabricsim.kernels.routing import splitmix64
+from fabricsim.kernels.routing import choice_hash, splitmix64
 
 
 @njit
@@ -85,8 +91,9 @@ def bfs_pair_paths(n, adj_ptr, adj_nbr, adj_link, seed):
 
 @njit
 def route_pairs(src, dst, host_server, nvl_up, nvl_down, n_servers, pair_ptr, pair_links,
-                kind_nvlink, kind_direct, kind_multihop):
-    """Route flows ``src[i] -> dst[i]`` (host indices) over the pair table; see the module doc."""
+                bundle_first, bundle_size, seed, kind_nvlink, kind_direct, kind_multihop):
+    """Route flows ``src[i] -> dst[i]`` (host indices) over the pair table; see the module doc.
+    ``seed`` (uint64) picks each hop's parallel link."""
     n = src.shape[0]
     kind = np.empty(n, np.int8)
     length = np.empty(n, np.int64)
@@ -114,5 +121,11 @@ def route_pairs(src, dst, host_server, nvl_up, nvl_down, n_servers, pair_ptr, pa
             p = host_server[s] * n_servers + host_server[d]
             lo = pair_ptr[p]
             for k in range(length[i]):
-                links[at + k] = pair_links[lo + k]
+                b = pair_links[lo + k]
+                n_par = bundle_size[b]
+                if n_par == 1:
+                    links[at + k] = bundle_first[b]
+                else:
+                    pick = np.int64(choice_hash(seed, i, k + 1) % np.uint64(n_par))
+                    links[at + k] = bundle_first[b] + 2 * pick
     return ptr, links, kind

@@ -7,6 +7,10 @@ aggregation ``[A, V]`` arrays of link ids). A flow's path index is drawn from a 
 
 Outputs: ``route_ptr : int64[F + 1]``, ``route_links : int64[nnz]`` (links in path order) and
 ``path_kind : int8[F]`` (0 nvlink, 1 same edge switch, 2 same pod, 3 across the core).
+
+Other per-flow choices among parallel links (one OCS circuit of a server pair, one of a TopoOpt
+pair's parallel links) use :func:`choice_hash` with a ``salt`` >= 1 per decision, a hash of the
+same ``(seed, flow index)`` that is independent of the ECMP hash and of the other decisions.
 """
 
 import numpy as np
@@ -30,6 +34,22 @@ def splitmix64(x):
 def flow_hash(seed, i):
     """The ECMP hash of flow ``i`` under ``seed`` (both uint64-convertible)."""
     return splitmix64(splitmix64(np.uint64(seed)) ^ np.uint64(i))
+
+
+@njit(inline="always")
+def choice_hash(seed, i, salt):
+    """The hash of decision ``salt`` (an integer >= 1) of flow ``i`` under ``seed``."""
+    return splitmix64(flow_hash(seed, i) ^ splitmix64(np.uint64(salt)))
+
+
+@njit
+def pick(seed, index, count, salt):
+    """``int64[F]``: for flow ``index[f]``, one of ``count[f]`` (>= 1) options, uniformly by
+    :func:`choice_hash` ``(seed, index[f], salt)``."""
+    out = np.empty(index.shape[0], np.int64)
+    for f in range(index.shape[0]):
+        out[f] = np.int64(choice_hash(seed, index[f], salt) % np.uint64(count[f]))
+    return out
 
 
 @njit

@@ -221,14 +221,18 @@ def test_nic_level_eps():
     dst = (src + rng.integers(1, 32, 300)) % 32
     none = np.zeros_like(f.routing.circuits)
     r = f.route(src, dst, circuits=none)
-    server_node = f.links.src[f.routing.nic_up[:, 0]]
+    nic_node = f.links.src[f.routing.nic_up]  # [S, E]: the EPS NICs, hosts of the EPS fat-tree
+    assert np.array_equal(f.nodes.server[nic_node], np.repeat(np.arange(8), 2).reshape(8, 2))
+    assert np.array_equal(f.links.dst[f.routing.nic_down], nic_node)
     used = set()
     for i in range(300):
         route = r.route_links[r.route_ptr[i]:r.route_ptr[i + 1]].tolist()
         s, d = f.host_server[src[i]], f.host_server[dst[i]]
         if s == d:
             continue
-        assert route_is_a_path(f, route, server_node[s], server_node[d])
+        # from one EPS NIC of the source server to one of the destination server
+        assert route[0] in f.routing.nic_up[s] and route[-1] in f.routing.nic_down[d]
+        assert route_is_a_path(f, route, f.links.src[route[0]], f.links.dst[route[-1]])
         assert route in f.routing.paths(int(src[i]), int(dst[i]), none)
         used.add(route[0])
     assert used == set(f.routing.nic_up.ravel().tolist())  # the hash spreads flows over NICs
