@@ -380,7 +380,7 @@ class FlowSession:
     """
 
     def __init__(self, route_ptr, route_links, capacity_bps, size_bytes, *,
-                 tolerance: float = DEFAULT_TOLERANCE, weight=None):
+                 tolerance: float = DEFAULT_TOLERANCE, weight=None, flow_group=None):
         if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
             raise ConfigError("tolerance", f"must be a number >= 0, got {tolerance!r}")
         n = route_ptr.shape[0] - 1
@@ -388,7 +388,10 @@ class FlowSession:
         self.st = flowsim.new_state(route_ptr, route_links, np.full(n, -1, np.int64),
                                     np.asarray(size_bytes, np.int64),
                                     np.ascontiguousarray(capacity_bps, dtype=np.float64),
-                                    empty, empty, np.zeros(0), weight, None, None)
+                                    empty, empty, np.zeros(0), weight, None, None,
+                                    flow_group=None if flow_group is None
+                                    else np.asarray(flow_group, np.int64))
+        self.groups_reported = 0
         self.tolerance = float(tolerance)
         self.n_reported = 0
         self._no_links = empty
@@ -441,6 +444,26 @@ class FlowSession:
         ids = self.st.done_order[self.n_reported:n_done].copy()
         self.n_reported = n_done
         return ids, self.st.finish_ps[ids]
+
+    def advance_groups(self, until_ps: int):
+        """Run the engine up to ``until_ps``, stopping once the events at the time a flow group
+        (``flow_group`` of the constructor) completes have run; returns ``(groups, time_ps)`` of the
+        groups done since the last call (one kernel call per group completion, not per flow)."""
+        clock = self.st.clock
+        clock[flowsim.C_STOP_ON_GROUP] = 1
+        before = int(clock[flowsim.C_N_GROUPS_DONE])
+        try:
+            while (flowsim.advance(self.st, int(until_ps), 50 * _SLICE_EVENTS, self.tolerance)
+                   == flowsim.PAUSED and int(clock[flowsim.C_N_GROUPS_DONE]) == before
+                   and self.next_event_ps() <= until_ps):
+                pass
+        finally:
+            clock[flowsim.C_STOP_ON_GROUP] = 0
+        done = int(clock[flowsim.C_N_GROUPS_DONE])
+        groups = self.st.group_done[self.groups_reported:done].copy()
+        self.groups_reported = done
+        self.n_reported = int(clock[flowsim.C_N_DONE])
+        return groups, self.st.group_time_ps[groups]
 
     @property
     def finish_ps(self) -> np.ndarray:
@@ -570,7 +593,7 @@ class PacketSession:
     """
 
     def __init__(self, route_ptr, route_links, reverse_link, capacity_bps, delay_ps, size_bytes, *,
-                 params=None, pool_cap: int | None = None):
+                 params=None, pool_cap: int | None = None, flow_group=None):
         from fabricsim.kernels import packetsim
 
         self._ps = packetsim
@@ -591,6 +614,9 @@ class PacketSession:
                                       empty, empty, np.zeros(0), params, pool_cap=pool_cap)
         self.st.clock[packetsim.C_OPEN] = 1
         self.n_reported = 0
+        self.flow_group = None if flow_group is None else np.asarray(flow_group, np.int64)
+        self.group_left = None if flow_group is None else np.bincount(
+            self.flow_group[self.flow_group >= 0]).astype(np.int64)
         self.grows = 0
         self._pending_at = -1
         self._no_links = empty
@@ -690,6 +716,23 @@ class PacketSession:
         ids = self.st.done_order[self.n_reported:n_done].copy()
         self.n_reported = n_done
         return ids, self.st.fi[ids, ps.F_FINISH]
+
+    def advance_groups(self, until_ps: int):
+        """As :meth:`FlowSession.advance_groups`: run up to ``until_ps``, stopping at the first
+        completion instant at which a flow group completes; ``(groups, time_ps)`` of those done."""
+        groups, times = [], []
+        while not groups:
+            ids, fin = self.advance(until_ps, stop_at_finish=True)
+            for f, tf in zip(ids.tolist(), fin.tolist()):
+                g = int(self.flow_group[f])
+                if g >= 0:
+                    self.group_left[g] -= 1
+                    if self.group_left[g] == 0:
+                        groups.append(g)
+                        times.append(tf)
+            if not ids.size:  # every event up to until_ps has run
+                break
+        return np.array(groups, np.int64), np.array(times, np.int64)
 
     @property
     def finish_ps(self) -> np.ndarray:

@@ -132,11 +132,21 @@ def _task_flows(graph: TaskGraph, gpu_map=None):
     return ptr, cat[0], cat[1], cat[2]
 
 
+def _collective_seed(seed: int, src, dst) -> int:
+    """The ECMP seed of one collective: a hash of ``seed`` and its flows' (src, dst) lists."""
+    h = hashlib.blake2b(np.int64(seed).tobytes(), digest_size=8)
+    h.update(np.ascontiguousarray(src, np.int64).tobytes())
+    h.update(np.ascontiguousarray(dst, np.int64).tobytes())
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
 def _route_all(fabric, graph, controller, ptr, src, dst, seed):
     """Routes of every flow, task by task: the ECMP choice of a task's ``i``-th flow hashes
-    ``(seed, i)``, so identical collectives take identical paths (as a 5-tuple hash would for the
-    same GPU pairs). All-to-alls run on the circuits the controller plans for them; everything else
-    uses the fabric's default routing (MixNet: no circuits, the EPS)."""
+    ``(seed, the task's (src, dst) lists, i)``, so identical collectives (the same GPU pairs) take
+    identical paths, as persistent connections between the same GPUs do, while different
+    collectives draw their paths independently (as the released simulator's random choice per
+    flow). All-to-alls run on the circuits the controller plans for them; everything else uses the
+    fabric's default routing (MixNet: no circuits, the EPS)."""
     n = src.size
     groups = controller.routing_groups(graph) if controller is not None else {-1: None}
     task_group = controller.task_group if controller is not None else \
@@ -145,7 +155,8 @@ def _route_all(fabric, graph, controller, ptr, src, dst, seed):
     lengths = np.zeros(n, np.int64)
     for t in np.flatnonzero(np.diff(ptr)).tolist():
         lo, hi = ptr[t], ptr[t + 1]
-        r = fabric.route(src[lo:hi], dst[lo:hi], seed=seed, circuits=groups[int(task_group[t])])
+        r = fabric.route(src[lo:hi], dst[lo:hi], seed=_collective_seed(seed, src[lo:hi], dst[lo:hi]),
+                         circuits=groups[int(task_group[t])])
         lengths[lo:hi] = np.diff(r.route_ptr)
         routes.append(r.route_links)
     route_ptr = np.zeros(n + 1, np.int64)
@@ -154,12 +165,15 @@ def _route_all(fabric, graph, controller, ptr, src, dst, seed):
     return route_ptr, links
 
 
-def _session(engine, fabric, route_ptr, route_links, capacity_bps, size, tolerance, packet_params):
-    """A step-by-step engine session over the given flows (all pending)."""
+def _session(engine, fabric, route_ptr, route_links, capacity_bps, size, tolerance, packet_params,
+             flow_group=None):
+    """A step-by-step engine session over the given flows (all pending); ``flow_group`` (the
+    task of each flow) lets the session report whole collectives (``advance_groups``)."""
     if engine == "flow":
-        return FlowSession(route_ptr, route_links, capacity_bps, size, tolerance=tolerance)
+        return FlowSession(route_ptr, route_links, capacity_bps, size, tolerance=tolerance,
+                           flow_group=flow_group)
     return PacketSession(route_ptr, route_links, fabric.links.reverse, capacity_bps,
-                         fabric.links.delay_ps, size, params=packet_params)
+                         fabric.links.delay_ps, size, params=packet_params, flow_group=flow_group)
 
 
 class _Isolated:
@@ -221,14 +235,14 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
     if controller is not None:
         capacity = controller.initial_capacity(capacity)
     exact = mode == "exact"
+    flow_task = np.repeat(np.arange(n), np.diff(ptr))
     session = _session(engine, fabric, route_ptr, route_links, capacity, size, tolerance,
-                       packet_params) if exact else None
+                       packet_params, flow_group=flow_task) if exact else None
     isolated = None if exact else _Isolated(fabric, route_ptr, route_links, size, tolerance,
                                             engine, packet_params)
-    flow_task = np.repeat(np.arange(n), np.diff(ptr))
     succ_ptr, succ = dag.successors(graph.pred_ptr, graph.pred)
     waiting = np.diff(graph.pred_ptr).astype(np.int64)
-    flows_left = np.diff(ptr).astype(np.int64)
+    has_flows = np.diff(ptr) > 0
     start = np.full(n, -1, np.int64)
     finish = np.full(n, -1, np.int64)
     held = np.zeros(n, np.int64)  # ps a communication task waited for a blocking reconfiguration
@@ -262,7 +276,7 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
             apply_changes(changes)
             held[task] = go - t
         start[task] = go
-        if exact and flows_left[task]:
+        if exact and has_flows[task]:
             push(go, 1, task)
         else:
             d = 0 if exact else isolated.duration_ps(ptr[task], ptr[task + 1], capacity)
@@ -286,14 +300,11 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
         t_eng = session.next_event_ps() if exact else _INF
         if t_eng == _INF and t_py == _INF:
             break
-        if t_eng <= t_py:  # run the engine to its next completion instant (or to t_py)
-            ids, fin = session.advance(min(t_py, _INF - 1), stop_at_finish=True)
-            for f, tf in zip(ids.tolist(), fin.tolist()):
-                task = int(flow_task[f])
-                flows_left[task] -= 1
-                if flows_left[task] == 0:
-                    done(task, tf)
-                    n_done += 1
+        if t_eng <= t_py:  # run the engine to the next collective's end (or to t_py)
+            tasks, fin = session.advance_groups(min(t_py, _INF - 1))
+            for task, tf in zip(tasks.tolist(), fin.tolist()):
+                done(task, tf)
+                n_done += 1
             continue
         t = t_py
         starts = []
@@ -368,6 +379,9 @@ def _breakdown(graph, start, finish, held, iteration_ps):
     gpus = graph.placement.gpus
     out = np.zeros((gpus, len(BREAKDOWN_KINDS)), np.int64)
     compute = np.flatnonzero(graph.kind == COMPUTE)
+    if compute.size == 0:  # communication only: every GPU waits throughout
+        out[:, BREAKDOWN_KINDS.index("wait")] = iteration_ps
+        return out
     np.add.at(out[:, 0], graph.gpu[compute], graph.duration_ps[compute])
     order = compute[np.lexsort((start[compute], graph.gpu[compute]))]
     og = graph.gpu[order]

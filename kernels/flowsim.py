@@ -72,6 +72,7 @@ PS_PER_S = 1e12
 C_NOW, C_NEXT_ARRIVAL, C_NEXT_EVENT, C_HEAP_SIZE, C_N_DONE, C_N_ACTIVE = 0, 1, 2, 3, 4, 5
 C_EVENTS, C_SOLVES, C_SOLVED_FLOWS, C_N_DIRTY, C_RESOLVE_AT, C_LOCAL_SOLVES = 6, 7, 8, 9, 10, 11
 C_EXT_AT, C_N_EXT_FLOWS, C_N_EXT_CAPS = 12, 13, 14  # injected arrivals / capacity changes
+C_N_GROUPS_DONE, C_STOP_ON_GROUP = 15, 16  # completed flow groups; advance() stops after one
 
 # advance() return codes
 DONE, PAUSED, DEADLOCK = 0, 1, 2
@@ -127,15 +128,26 @@ class FlowState(NamedTuple):
     ext_flows: np.ndarray
     ext_links: np.ndarray
     ext_caps: np.ndarray
+    flow_group: np.ndarray
+    group_left: np.ndarray
+    group_done: np.ndarray
+    group_time_ps: np.ndarray
     clock: np.ndarray
 
 
 def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_time_ps, ev_link,
-              ev_capacity_bps, weight=None, rate_cap_bps=None, triggers=None) -> FlowState:
+              ev_capacity_bps, weight=None, rate_cap_bps=None, triggers=None,
+              flow_group=None) -> FlowState:
     """Allocate the engine state for validated inputs (see :func:`fabricsim.simulate_flows`).
 
     ``triggers``: ``(trig_kind, trig_need, trig_ptr, trig_targets, flow_trig int64[F, 2])`` (see
     :mod:`fabricsim.kernels.triggers`); flows started by a trigger have ``start_ps = -1``.
+    ``flow_group``: ``int64[F]``, the group of each flow (``0 .. G-1``, -1: none; e.g. the
+    collective it belongs to). A group is done when its last flow finishes: ``group_done[:n]``
+    (``n = clock[C_N_GROUPS_DONE]``) lists the done groups in completion order and
+    ``group_time_ps[g]`` when; with ``clock[C_STOP_ON_GROUP]`` set, :func:`advance` returns after
+    the event time at which a group completes (a driver that waits for whole collectives needs no
+    call per flow completion).
     """
     n_flows = route_ptr.shape[0] - 1
     n_links = capacity_bps.shape[0]
@@ -152,7 +164,11 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
     if triggers is None:
         triggers = no_triggers(n_flows)
     trig_kind, trig_need, trig_ptr, trig_targets, flow_trig = triggers
-    clock = np.zeros(16, np.int64)
+    if flow_group is None:
+        flow_group = np.full(n_flows, -1, np.int64)
+    n_groups = int(flow_group.max()) + 1 if n_flows else 0
+    group_left = np.bincount(flow_group[flow_group >= 0], minlength=n_groups).astype(np.int64)
+    clock = np.zeros(17, np.int64)
     clock[C_RESOLVE_AT] = INF_PS
     clock[C_EXT_AT] = INF_PS
     clock[C_NOW] = int(start_ps[timed].min()) if timed.size else 0
@@ -178,7 +194,10 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
         trig_kind=trig_kind, trig_need=trig_need, trig_ptr=trig_ptr, trig_targets=trig_targets,
         trig_state=np.zeros((trig_kind.shape[0], 2), np.int64), flow_trig=flow_trig,
         ready_buf=np.empty(n_flows, np.int64), ext_flows=np.empty(n_flows, np.int64),
-        ext_links=np.empty(n_links, np.int64), ext_caps=np.empty(n_links), clock=clock,
+        ext_links=np.empty(n_links, np.int64), ext_caps=np.empty(n_links),
+        flow_group=np.ascontiguousarray(flow_group, dtype=np.int64), group_left=group_left,
+        group_done=np.empty(n_groups, np.int64), group_time_ps=np.full(n_groups, -1, np.int64),
+        clock=clock,
     )
 
 
@@ -543,14 +562,18 @@ def advance(st, until_ps, max_events, tolerance):
     the fluid model).
 
     Returns DONE (every flow finished and no capacity event left), PAUSED (stopped by
-    ``until_ps`` or ``max_events``; call again to continue) or DEADLOCK (nothing left to happen
+    ``until_ps``, ``max_events`` or, with ``clock[C_STOP_ON_GROUP]``, after the event time at
+    which a flow group completed; call again to continue) or DEADLOCK (nothing left to happen
     but flows unfinished: held at rate 0 by a link that never comes back, or never triggered).
     """
     clock = st.clock
     n_timed = st.order.shape[0]
     n_events = st.ev_time_ps.shape[0]
     handled = 0
+    groups_at_entry = clock[C_N_GROUPS_DONE]
     while True:
+        if clock[C_STOP_ON_GROUP] and clock[C_N_GROUPS_DONE] > groups_at_entry:
+            return PAUSED
         t = next_event_time(st)
         if t == INF_PS:
             if clock[C_N_DONE] < st.start_ps.shape[0]:
@@ -581,6 +604,13 @@ def advance(st, until_ps, max_events, tolerance):
             st.finish_ps[f] = t
             st.done_order[clock[C_N_DONE]] = f
             clock[C_N_DONE] += 1
+            g = st.flow_group[f]
+            if g >= 0:
+                st.group_left[g] -= 1
+                if st.group_left[g] == 0:
+                    st.group_done[clock[C_N_GROUPS_DONE]] = g
+                    st.group_time_ps[g] = t
+                    clock[C_N_GROUPS_DONE] += 1
             for side in range(2):  # send-done, then receive-done trigger
                 k = st.flow_trig[f, side]
                 if k >= 0:

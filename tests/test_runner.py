@@ -192,7 +192,7 @@ def test_predict_policy_with_a_trained_predictor():
     from fabricsim.experiment import Point, run_point
 
     base = dict(model="mixtral-8x7b", fabric="mixnet", gpus=32, tp=2, ep=8, pp=2, micro_batch=1,
-                seq_len=512, gating="synthetic", mode="exact")
+                seq_len=512, gating="synthetic", mode="exact", micro_batches=2)
     pred = run_point(Point(policy="predict", **base))
     reuse = run_point(Point(policy="reuse-previous", **base))
     assert pred["reconfigurations"] > reuse["reconfigurations"] > 0
@@ -214,3 +214,23 @@ def test_rename_links_matches_reference_and_restores_scratch(links):
     ref_local, ref_used = _rename_reference(links)
     assert local.tolist() == ref_local and used.tolist() == ref_used
     assert np.all(scratch == -1)
+
+
+def test_ecmp_draws_differ_between_collectives_and_repeat_for_identical_ones():
+    """A collective's ECMP choices hash its own (src, dst) lists: the same collective takes the
+    same paths every time (memoizable), two different ones draw independently, so their i-th
+    flows do not all stack on one core link (as a hash of the flow index alone made them)."""
+    from fabricsim.runner import _collective_seed
+
+    fab = fat_tree(64, 100, k=8)
+    rings = [(np.arange(t, 64, 8), np.roll(np.arange(t, 64, 8), -1)) for t in range(4)]
+    seeds = [_collective_seed(0, s, d) for s, d in rings]
+    assert len(set(seeds)) == 4 and seeds[0] == _collective_seed(0, *rings[0])
+    assert _collective_seed(1, *rings[0]) != seeds[0]
+    last_links = set()
+    for (s, d), seed in zip(rings, seeds):
+        r = fab.route(s, d, seed=seed)
+        again = fab.route(s, d, seed=_collective_seed(0, s, d))
+        assert np.array_equal(r.route_links, again.route_links)
+        last_links.add(tuple(r.route_links[r.route_ptr[-2]:r.route_ptr[-1]].tolist()))
+    assert len(last_links) > 1  # the rings' last flows do not all take one path
