@@ -47,7 +47,7 @@ def _cmd_run(args) -> int:
     from fabricsim.config import load_scenario
     from fabricsim.scenario import run_scenario
 
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario, profile=args.profile)
     if args.engine:
         import dataclasses
 
@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "replaces the files a previous run wrote there, and leaves others")
     run.add_argument("--engine", choices=["flow", "packet"], help="override run.engine of the scenario")
     run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument("--profile", choices=["released", "physical"],
+                     help="override run.profile: the defaults of fabric.nvlink_gbps and "
+                          "packet.mtu_bytes (released: 600 GiB/s, 1500 B on fat-trees and 9000 B on "
+                          "MixNet/TopoOpt; physical: 900 GB/s, 9000 B)")
     run.set_defaults(func=_cmd_run)
 
     trace = sub.add_parser("trace", help="inspect or convert trace files")

@@ -128,6 +128,7 @@ class FabricConfig:
     seed: int = 13  # mixnet: initial circuits; topoopt: shortest-path tie-breaks
     degree: int = 8  # topoopt: NICs per server
     port_split: str = "paper"  # topoopt: paper (ports for the traffic matrix) | released
+    nic_pooling: str = "released"  # released | pooled | per-nic (fabricsim.fabric.NIC_POOLING)
 
     def __post_init__(self):
         _choice(self.builder, FABRIC_BUILDERS, "fabric.builder")
@@ -153,6 +154,9 @@ class FabricConfig:
         require(self.link_delay_us >= 0, "fabric.link_delay_us", f"must be >= 0, got {self.link_delay_us}")
         _choice(self.circuits, ("random", "demand"), "fabric.circuits")
         _choice(self.port_split, ("paper", "released"), "fabric.port_split")
+        from fabricsim.fabric import NIC_POOLING
+
+        _choice(self.nic_pooling, NIC_POOLING, "fabric.nic_pooling")
 
     @property
     def n_hosts(self) -> int:
@@ -211,11 +215,11 @@ class FabricConfig:
                                    oversubscription=self.oversubscription,
                                    oversub_build=self.oversub_build, host=self.host,
                                    gpus_per_server=self.gpus_per_server, nvlink_gbps=self.nvlink_gbps,
-                                   link_delay_ps=delay_ps)
+                                   link_delay_ps=delay_ps, nic_pooling=self.nic_pooling)
         if self.builder == "rail_optimized":
             return fabric.rail_optimized(self.servers, self.link_gbps, self.gpus_per_server,
                                          build=self.build, nvlink_gbps=self.nvlink_gbps,
-                                         link_delay_ps=delay_ps)
+                                         link_delay_ps=delay_ps, nic_pooling=self.nic_pooling)
         demand = self._server_demand(src, dst, size_bytes)
         if self.builder == "topoopt":
             from fabricsim.topoopt import topoopt
@@ -223,10 +227,11 @@ class FabricConfig:
             return topoopt(self.servers, self.link_gbps, degree=self.degree,
                            gpus_per_server=self.gpus_per_server, mp_demand=demand,
                            port_split=self.port_split, seed=self.seed,
-                           nvlink_gbps=self.nvlink_gbps, link_delay_ps=delay_ps)
+                           nvlink_gbps=self.nvlink_gbps, link_delay_ps=delay_ps,
+                           nic_pooling=self.nic_pooling)
         kw = dict(alpha=self.alpha, gpus_per_server=self.gpus_per_server,
                   region_servers=self.region_servers, ocs_ports=self.ocs_ports, seed=self.seed,
-                  nvlink_gbps=self.nvlink_gbps, link_delay_ps=delay_ps)
+                  nvlink_gbps=self.nvlink_gbps, link_delay_ps=delay_ps, nic_pooling=self.nic_pooling)
         if self.circuits == "demand":
             import numpy as np
 
@@ -341,11 +346,14 @@ class RunConfig:
     seed: int = 0
     tolerance: float = 0.01
     sample_us: float = 10.0  # link-utilization sampling interval (0 = no links.h5)
+    profile: str = "released"  # fabricsim.profiles: defaults of fabric.nvlink_gbps, packet.mtu_bytes
 
     def __post_init__(self):
+        from fabricsim.profiles import PROFILE_NAMES
         from fabricsim.simulate import ENGINES
 
         _choice(self.engine, ENGINES, "run.engine")
+        _choice(self.profile, PROFILE_NAMES, "run.profile")
         _seed(self.seed, "run.seed")
         require(self.tolerance >= 0, "run.tolerance", f"must be >= 0, got {self.tolerance}")
         require(self.sample_us == 0 or 1e-6 <= self.sample_us < HORIZON_PS / 1e6, "run.sample_us",
@@ -418,7 +426,12 @@ class Scenario:
     packet_keys: Optional[tuple] = None  # keys of the file's [packet] table (None: no table)
 
     @classmethod
-    def from_dict(cls, data: dict, base_dir: str = ".", name: str = "scenario") -> "Scenario":
+    def from_dict(cls, data: dict, base_dir: str = ".", name: str = "scenario",
+                  profile: Optional[str] = None) -> "Scenario":
+        """The scenario of a parsed file; ``profile`` (``released`` or ``physical``) overrides
+        ``run.profile``. The profile fills ``fabric.nvlink_gbps`` and ``packet.mtu_bytes`` when the
+        file does not set them (:mod:`fabricsim.profiles`: the ``nvlink`` and ``packet_size``
+        switches)."""
         require(isinstance(data, dict), "scenario", "must be a TOML table")
         if "fabric" not in data and ("base" in data or "grid" in data):
             raise ConfigError("scenario", "this is a sweep file ([base], [grid]): run it with "
@@ -428,10 +441,19 @@ class Scenario:
                 raise ConfigError(key, "unknown table; allowed tables: fabric, traffic, run, packet")
         require("fabric" in data, "fabric", "the [fabric] table is required")
         require("traffic" in data, "traffic", "the [traffic] table is required")
-        return cls(fabric=_from_table(FabricConfig, data["fabric"], "fabric"),
+        run_table = dict(data.get("run", {})) if isinstance(data.get("run", {}), dict) else data["run"]
+        if profile is not None and isinstance(run_table, dict):
+            run_table["profile"] = profile
+        run = _from_table(RunConfig, run_table, "run")
+        fabric = _from_table(FabricConfig, data["fabric"], "fabric")
+        packet_table = data.get("packet", {})
+        if isinstance(packet_table, dict):
+            packet_table = _profile_packet_defaults(packet_table, fabric.builder, run.profile)
+        if fabric.nvlink_gbps is None:
+            fabric = dataclasses.replace(fabric, nvlink_gbps=_profile_nvlink_gbps(run.profile))
+        return cls(fabric=fabric,
                    traffic=_from_table(TrafficConfig, data["traffic"], "traffic"),
-                   run=_from_table(RunConfig, data.get("run", {}), "run"),
-                   packet=_from_table(PacketConfig, data.get("packet", {}), "packet"),
+                   run=run, packet=_from_table(PacketConfig, packet_table, "packet"),
                    base_dir=base_dir, name=name,
                    packet_keys=tuple(data["packet"]) if "packet" in data else None)
 
@@ -444,8 +466,29 @@ class Scenario:
         return out
 
 
-def load_scenario(path) -> Scenario:
-    """Read and validate a scenario TOML file."""
+#: Scenario builders -> the released simulator's binaries' fabric names (packet size per fabric).
+_BUILDER_FABRIC = {"fat_tree": "fattree", "rail_optimized": "railopt", "mixnet": "mixnet",
+                   "topoopt": "topoopt"}
+
+
+def _profile_nvlink_gbps(profile: str) -> float:
+    from fabricsim.profiles import NVLINK_GBPS, PROFILES
+
+    return NVLINK_GBPS[PROFILES[profile]["nvlink"]]
+
+
+def _profile_packet_defaults(table: dict, builder: str, profile: str) -> dict:
+    """The [packet] table with ``mtu_bytes`` from the profile when the file does not give it."""
+    from fabricsim.profiles import PROFILES, packet_mtu_bytes
+
+    if "mtu_bytes" in table:
+        return table
+    mtu = packet_mtu_bytes(PROFILES[profile]["packet_size"], _BUILDER_FABRIC.get(builder, builder))
+    return {**table, "mtu_bytes": mtu}
+
+
+def load_scenario(path, profile: Optional[str] = None) -> Scenario:
+    """Read and validate a scenario TOML file (``profile`` overrides its ``run.profile``)."""
     path = os.fspath(path)
     require_file(path, "scenario")
     try:
@@ -454,4 +497,5 @@ def load_scenario(path) -> Scenario:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("scenario", f"{path} is not valid TOML: {exc}") from None
     name = os.path.splitext(os.path.basename(path))[0]
-    return Scenario.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)), name=name)
+    return Scenario.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)), name=name,
+                              profile=profile)

@@ -47,7 +47,7 @@ from fabricsim.experiment import COST_NAMES, FABRICS, PAPER_PARALLELISM, Point
 __all__ = ["STUDIES", "FIGURES", "study_points", "run_study", "write_results", "plot",
            "add_parser"]
 
-STUDIES = ("main", "delay", "alpha", "scale", "batch", "failures")
+STUDIES = ("main", "delay", "alpha", "scale", "batch", "failures", "fidelity")
 LINK_SPEEDS = (100, 200, 400, 800)
 QUICK_MODELS = {"mixtral-8x7b": dict(tp=4, ep=8, pp=4), "qwen-moe": dict(tp=1, ep=16, pp=4)}
 #: The studies that compare MixNet variants with the fat-tree (their fabrics are fixed).
@@ -61,6 +61,7 @@ FIGURES = {
     "scale": ("scale.png", "pareto.png"),
     "batch": ("batch.png", "pareto.png"),
     "failures": ("failures.png", "pareto.png"),
+    "fidelity": ("fidelity.png",),
 }
 
 
@@ -85,12 +86,27 @@ def study_points(study: str = "main", *, quick: bool = False, models=None, link_
                 f"{list(fabrics)}")
 
     def point(model, fabric, link, **kw):
+        parallelism = dict(table[model])
+        if quick:  # the paper's global batch per GPU: 128 sequences at 1024 GPUs
+            parallelism.setdefault("global_batch", 128 * gpus // 1024)
+        if model == "qwen-moe" and _qwen_switch(overrides) == "sec7.3":
+            parallelism["ep"] = 32  # "32 experts with 32-way EP" (section 7.3)
         return Point(model=model, fabric=fabric, link_gbps=float(link), gpus=kw.pop("gpus", gpus),
-                     **{**table[model], **kw, **overrides})
+                     **{**parallelism, **kw, **overrides})
 
-    if study == "main":
+    if study in ("main", "fidelity"):
         speeds = tuple(link_speeds or ((100, 400) if quick else LINK_SPEEDS))
-        return [point(m, f, b) for m in table for b in speeds for f in (fabrics or FABRICS)]
+        main = [point(m, f, b) for m in table for b in speeds for f in (fabrics or FABRICS)]
+        if study == "main":
+            return main
+        from fabricsim.fidelity import fidelity_points
+
+        flipped = [k for k in overrides if k in _switch_names() or k == "profile"
+                   and overrides[k] != "released"]
+        require(not flipped, "--" + (flipped or ["x"])[0].replace("_", "-"),
+                "the fidelity study starts from the released profile and flips each switch "
+                "itself; leave the switches and --profile out")
+        return [p for _, _, p in fidelity_points(main)]
     # a sensitivity study: one model (or those asked for) at 400 Gbps (or the speeds asked for)
     focus = list(table) if models else [next(iter(table)) if quick else "mixtral-8x22b"]
     cases = [(m, link) for m in focus for link in (link_speeds or (400,))]
@@ -116,23 +132,37 @@ def study_points(study: str = "main", *, quick: bool = False, models=None, link_
             for f in (fabrics or FABRICS)]
 
 
+def _switch_names() -> tuple:
+    from fabricsim.profiles import switch_names
+
+    return switch_names()
+
+
+def _qwen_switch(overrides: dict) -> str:
+    from fabricsim.profiles import resolve_switches
+
+    return resolve_switches(overrides.get("profile", "released"), overrides)["qwen"]
+
+
 def _normalize(rows: list) -> None:
     """Add ``iteration_time_norm`` (to the fastest row of the same model, GPU count and
     micro-batch) and ``perf_per_dollar_norm`` (to the fat-tree row of the same model, GPU count,
     micro-batch and link speed) to every row. ``perf_per_dollar_norm`` is NaN where that fat-tree
     row is missing or either network cost is NaN (a link speed without prices)."""
     from fabricsim.cost import normalized_perf_per_dollar
+    from fabricsim.profiles import switch_names
+
+    def key(r):  # rows are only compared under the same modelling readings
+        return (r["model"], r["gpus"], r["micro_batch"], r.get("engine"), r.get("gating"),
+                r.get("gpu_profile"), *(r.get(name) for name in switch_names()))
 
     best = {}
     for r in rows:
-        key = (r["model"], r["gpus"], r["micro_batch"])
-        best[key] = min(best.get(key, math.inf), r["iteration_time_s"])
-    ref = {(r["model"], r["gpus"], r["micro_batch"], r["link_gbps"]): r for r in rows
-           if r["fabric"] == "fattree"}
+        best[key(r)] = min(best.get(key(r), math.inf), r["iteration_time_s"])
+    ref = {(key(r), r["link_gbps"]): r for r in rows if r["fabric"] == "fattree"}
     for r in rows:
-        r["iteration_time_norm"] = (r["iteration_time_s"]
-                                    / best[(r["model"], r["gpus"], r["micro_batch"])])
-        f = ref.get((r["model"], r["gpus"], r["micro_batch"], r["link_gbps"]))
+        r["iteration_time_norm"] = r["iteration_time_s"] / best[key(r)]
+        f = ref.get((key(r), r["link_gbps"]))
         priced = f is not None and not (math.isnan(r["network_cost_usd"])
                                         or math.isnan(f["network_cost_usd"]))
         r["perf_per_dollar_norm"] = (normalized_perf_per_dollar(
@@ -142,16 +172,8 @@ def _normalize(rows: list) -> None:
 
 def write_results(rows: list, out_dir: str) -> str:
     """``results.parquet`` in ``out_dir`` (temporary name, then rename); returns its path."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from fabricsim.traces.schema import replaced_on_success
-
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "results.parquet")
-    with replaced_on_success(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-    return path
+    return _write_table(rows, os.path.join(out_dir, "results.parquet"))
 
 
 def run_study(points: list, *, progress=None, workers: int = 1, scheduler=None,
@@ -223,6 +245,18 @@ def format_table(rows: list) -> str:
                      f"{_num(r['network_cost_usd'], ',.0f', 13)}"
                      f"{_num(r['perf_per_dollar_norm'], '.2f', 8)}"
                      + (f"  {_case(r, varying)}" if varying else ""))
+    return "\n".join(lines)
+
+
+def format_switches(rows: list) -> str:
+    """The profile and every switch's value(s) over ``rows``, one line each."""
+    from fabricsim.profiles import switch_names
+
+    def values(key):
+        return ", ".join(sorted({str(r[key]) for r in rows}))
+
+    lines = [f"profile      {values('profile')}"]
+    lines += [f"  {name:<20}{values(name)}" for name in switch_names()]
     return "\n".join(lines)
 
 
@@ -464,11 +498,61 @@ def _fig_failures(rows):
     return fig
 
 
+def _fig_fidelity_rows(rows: list):
+    """The fidelity figure of result rows (labelled by the switch each departs in)."""
+    from fabricsim import fidelity
+
+    return _fig_fidelity(fidelity.summary_rows(
+        [{**r, "flip": r.get("flip") or fidelity.label(r)} for r in rows]))
+
+
+def _fig_fidelity(summary: list):
+    """Per link speed of the paper's claims (100 and 400 Gbps, else those run): MixNet /
+    fat-tree, TopoOpt / MixNet and MixNet's perf/$ per flip (x) and model (marker), with the
+    paper's claimed bands shaded."""
+    from fabricsim.fidelity import CLAIMS
+
+    flips = _ordered(r["flip"] for r in summary)
+    links = [b for b in (100.0, 400.0) if any(r["link_gbps"] == b for r in summary)] or \
+        sorted({r["link_gbps"] for r in summary})[:2]
+    metrics = (("mixnet_over_fattree", "MixNet / fat-tree\niteration time"),
+               ("topoopt_over_mixnet", "TopoOpt / MixNet\niteration time"),
+               ("perf_per_dollar", "MixNet perf/$\n(fat-tree = 1)"))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(8.0, 0.45 * len(flips)) * len(links), 3.0 * len(metrics)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(metrics), len(links), squeeze=False)
+    models = _ordered(r["model"] for r in summary)
+    for j, link in enumerate(links):
+        for i, (key, ylabel) in enumerate(metrics):
+            ax = axes[i][j]
+            for k, model in enumerate(models):
+                pts = [(flips.index(r["flip"]), r[key]) for r in summary
+                       if r["model"] == model and r["link_gbps"] == link and r[key] == r[key]]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o^sDv"[k % 5], linestyle="", label=model)
+            for claim, at, lo, hi in CLAIMS:
+                if claim == key and at in (None, link):
+                    ax.axhspan(lo, hi, color="0.85", zorder=0)
+            if key == "mixnet_over_fattree":
+                ax.axhline(1.0, color="0.5", linestyle="--", linewidth=0.8)
+            ax.set_ylabel(ylabel)
+            ax.set_xticks(range(len(flips)))
+            ax.set_xticklabels(flips if i == len(metrics) - 1 else [""] * len(flips),
+                               rotation=60, ha="right", fontsize=7)
+            if i == 0:
+                ax.set_title(f"{link:g} Gbps (grey: the paper's claim)")
+    return fig
+
+
 _MAKERS = {"iteration_time.png": _fig_iteration_time,
            "iteration_time_norm.png": _fig_iteration_time_norm,
            "perf_per_dollar.png": _fig_perf_per_dollar, "cost_vs_size.png": _fig_cost_vs_size,
            "pareto.png": _fig_pareto, "delay.png": _fig_delay, "alpha.png": _fig_alpha,
-           "scale.png": _fig_scale, "batch.png": _fig_batch, "failures.png": _fig_failures}
+           "scale.png": _fig_scale, "batch.png": _fig_batch, "failures.png": _fig_failures,
+           "fidelity.png": _fig_fidelity_rows}
 
 
 def plot(rows: list, out_dir: str, study: str = "main") -> list:
@@ -482,6 +566,37 @@ def plot(rows: list, out_dir: str, study: str = "main") -> list:
 
 # ---------------------------------------------------------------------------------------------
 # The command
+
+
+def _finish_fidelity(rows: list, points: list, out: str, t0: float) -> int:
+    """Label, complete and summarize the fidelity study's rows; write and print them."""
+    from fabricsim import fidelity
+
+    base_points = [p for p in points if fidelity.label(p.to_dict()) == "baseline"]
+    rows = fidelity.complete_rows(rows, base_points)
+    _normalize(rows)
+    path = write_results(rows, out)
+    summary = fidelity.summary_rows(rows)
+    _write_table(summary, os.path.join(out, "fidelity.parquet"))
+    print(fidelity.format_summary(summary))
+    figure = _save(_fig_fidelity(summary), out, "fidelity.png")  # = plot(rows, out, "fidelity")
+    simulated = sum(r["simulated"] for r in rows)
+    print(f"\nresults      {path} ({len(rows)} rows, {simulated} simulated, the others a "
+          f"baseline row where the switch cannot apply; {time.monotonic() - t0:.1f} s)")
+    print(f"summary      {os.path.join(out, 'fidelity.parquet')}")
+    print(f"figures      {figure}")
+    return 0
+
+
+def _write_table(rows: list, path: str) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fabricsim.traces.schema import replaced_on_success
+
+    with replaced_on_success(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    return path
 
 
 def _option_list(text: str, option: str, number: bool = False) -> list:
@@ -551,8 +666,12 @@ def _cmd_reproduce(args) -> int:
     from fabricsim.sweep import _check_point
 
     # every input is checked before anything is created or simulated
+    from fabricsim.profiles import switch_names
+
     overrides = {k: v for k, v in (("gating", args.gating), ("gpu_profile", args.gpu_profile),
-                                   ("mode", args.mode), ("engine", args.engine)) if v is not None}
+                                   ("engine", args.engine)) if v is not None}
+    overrides.update({k: getattr(args, k) for k in switch_names() if getattr(args, k) is not None},
+                     profile=args.profile)
     models = None if args.models is None else _option_list(args.models, "--models")
     fabrics = None if args.fabrics is None else _option_list(args.fabrics, "--fabrics")
     speeds = None if args.link_gbps is None else _option_list(args.link_gbps, "--link-gbps",
@@ -583,7 +702,10 @@ def _cmd_reproduce(args) -> int:
                 os.rmdir(d)
         raise
     path = os.path.join(out, "results.parquet")
+    if args.study == "fidelity":
+        return _finish_fidelity(rows, points, out, t0)
     print(format_table(rows))
+    print("\n" + format_switches(rows))
     figures = plot(rows, out, args.study)
     print(f"\nresults      {path} ({len(rows)} rows, {time.monotonic() - t0:.1f} s)")
     print(f"figures      {', '.join(figures)}")
@@ -608,9 +730,10 @@ def add_parser(sub) -> None:
     r.add_argument("--gpu-profile", help="a100 (default), h100, h800")
     r.add_argument("--engine", choices=["flow", "packet"],
                    help="network engine (default flow; packet: DCTCP packets, much slower)")
-    r.add_argument("--mode", choices=["isolated", "exact"],
-                   help="runner mode (default isolated: collectives timed alone, memoized)")
     r.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run the points on N local processes (default 1: in this process)")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    from fabricsim.profiles import add_switch_arguments
+
+    add_switch_arguments(r)
     r.set_defaults(func=_cmd_reproduce)

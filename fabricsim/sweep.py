@@ -194,7 +194,8 @@ def _check_point(point: Point) -> dict:
     get_profile(point.gpu_profile)
     require(point.policy in POLICIES, "policy",
             f"must be one of {', '.join(POLICIES)}, got {point.policy!r}")
-    require(point.mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {point.mode!r}")
+    mode = point.switches["mode"]
+    require(mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     return resolve_point(point)
 
 
@@ -380,14 +381,14 @@ def _run_one(point: Point, expected_id: str):
 
 
 _WARM_BASE = dict(model="mixtral-8x7b", gpus=32, tp=4, ep=8, pp=1, micro_batch=1, seq_len=256,
-                  link_gbps=100.0)
+                  micro_batches=1, link_gbps=100.0)
 
 
 def _warm_kinds(points: Iterable[Point]) -> list:
     """The distinct code paths of ``points`` (fabric, policy, mode, gating) to warm."""
     kinds = set()
     for p in points:
-        kinds.add((p.fabric, p.policy if p.fabric == "mixnet" else "oracle-blocking", p.mode,
+        kinds.add((p.fabric, p.policy if p.fabric == "mixnet" else "oracle-blocking", p.switches["mode"],
                    p.gating if p.gating in ("reference", "synthetic") else "reference"))
     return sorted(kinds)
 

@@ -39,12 +39,41 @@ def test_defaults_filled_in():
     f, t, r = s.fabric, s.traffic, s.run
     assert (f.builder, f.hosts, f.servers, f.link_gbps, f.k, f.oversubscription, f.oversub_build,
             f.host, f.gpus_per_server, f.nvlink_gbps, f.link_delay_us, f.build) == (
-        "fat_tree", 16, None, 100.0, None, 1.0, "ports", "gpu", 4, None, 1.0, "fat-tree")
+        "fat_tree", 16, None, 100.0, None, 1.0, "ports", "gpu", 4, 600 * 2**30 * 8 / 1e9, 1.0, "fat-tree")
     assert (t.pattern, t.size_bytes, t.size_min_bytes, t.size_max_bytes, t.group_size, t.fan_in,
             t.target, t.file, t.start_us, t.seed) == (
         "permutation", 1000, None, None, None, None, 0, None, 0.0, 0)
-    assert (r.engine, r.seed, r.tolerance, r.sample_us) == ("flow", 0, 0.01, 10.0)
+    assert (r.engine, r.seed, r.tolerance, r.sample_us, r.profile) == ("flow", 0, 0.01, 10.0, "released")
     assert r == RunConfig()
+    assert s.packet.mtu_bytes == 1500  # the released fat-tree binary's packets
+
+
+@pytest.mark.parametrize("builder, extra, profile, nvlink_gbps, mtu", [
+    ("fat_tree", "hosts = 16\ngpus_per_server = 4", "released", 600 * 2**30 * 8 / 1e9, 1500),
+    ("fat_tree", "hosts = 16\ngpus_per_server = 4", "physical", 7200.0, 9000),
+    ("mixnet", "servers = 4", "released", 600 * 2**30 * 8 / 1e9, 9000),
+    ("rail_optimized", "servers = 4", "released", 600 * 2**30 * 8 / 1e9, 1500),
+])
+def test_profile_sets_nvlink_and_packet_size_defaults(tmp_path, builder, extra, profile, nvlink_gbps, mtu):
+    """run.profile (or load_scenario(profile=...)) fills what the file leaves out: NVLink 600 GiB/s
+    (released code) or 900 GB/s (the paper's text), and 1500 B packets on the fat-tree binaries,
+    9000 B on MixNet (released) or 9000 B everywhere (physical). Explicit values win."""
+    from fabricsim.config import load_scenario
+
+    path = tmp_path / "s.toml"
+    path.write_text(f'[fabric]\nbuilder = "{builder}"\n{extra}\n[traffic]\nsize_bytes = 1000\n'
+                    f'[run]\nprofile = "{profile}"\n')
+    s = load_scenario(path)
+    assert s.fabric.nvlink_gbps == pytest.approx(nvlink_gbps) and s.packet.mtu_bytes == mtu
+    other = "physical" if profile == "released" else "released"
+    assert load_scenario(path, profile=other).run.profile == other
+    path.write_text(f'[fabric]\nbuilder = "{builder}"\n{extra}\nnvlink_gbps = 1000\n[traffic]\n'
+                    f'size_bytes = 1000\n[run]\nprofile = "{profile}"\n[packet]\nmtu_bytes = 4064\n')
+    s = load_scenario(path)
+    assert s.fabric.nvlink_gbps == 1000 and s.packet.mtu_bytes == 4064
+    path.write_text('[fabric]\nhosts = 16\n[traffic]\nsize_bytes = 1\n[run]\nprofile = "paper"\n')
+    with pytest.raises(ConfigError, match="run.profile"):
+        load_scenario(path)
 
 
 def test_to_dict_has_every_field_resolved():

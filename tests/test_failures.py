@@ -77,7 +77,7 @@ def test_iterations_with_failures_complete(failure):
 
 def test_point_with_failures_and_the_study():
     row = run_point(Point(model="mixtral-8x7b", fabric="mixnet", gpus=32, tp=2, ep=8, pp=2,
-                          micro_batch=1, seq_len=512, failures=("server:0",)))
+                          micro_batch=1, seq_len=512, micro_batches=2, failures=("server:0",)))
     assert row["failures"] == "server:0" and row["iteration_time_s"] > 0
 
 

@@ -107,7 +107,8 @@ def test_reference_paper_setting_is_twice_w():
 @pytest.mark.parametrize("ep,m,k,t", [(8, 1, 2, 1000), (8, 4, 3, 777), (16, 2, 2, 32768), (12, 1, 4, 999),
                                       (3, 2, 1, 50), (1, 8, 2, 4096), (24, 1, 8, 123)])
 def test_reference_scaling_and_tiling_exact(ep, m, k, t):
-    lo = make_expert_load("reference", ep=ep, n_experts=ep * m, top_k=k, tokens_per_rank=t, moe_layers=1)
+    lo = make_expert_load("reference", ep=ep, n_experts=ep * m, top_k=k, tokens_per_rank=t, moe_layers=1,
+                      sizing="renormalized")
     r = lo.rank_tokens(0, 0, 0)
     for s in range(ep):
         w = [int(REFERENCE_MATRIX[s % 8][d % 8]) for d in range(ep)]
@@ -116,16 +117,20 @@ def test_reference_scaling_and_tiling_exact(ep, m, k, t):
 
 
 def test_reference_tiles_modulo_8():
-    """ep 16: rows repeat with period 8; with 32768 tokens and top-2 the rows are W twice over."""
-    lo = make_expert_load("reference", ep=16, n_experts=16, top_k=2, tokens_per_rank=32768, moe_layers=1)
+    """Renormalized, ep 16: rows repeat with period 8; with 32768 tokens and top-2 the rows are W
+    twice over (each row rescaled to the rank's 65,536 copies)."""
+    lo = make_expert_load("reference", ep=16, n_experts=16, top_k=2, tokens_per_rank=32768, moe_layers=1,
+                      sizing="renormalized")
     assert (lo.rank_tokens(0, 0, 0) == np.tile(REFERENCE_MATRIX, (2, 2))).all()
-    lo = make_expert_load("reference", ep=16, n_experts=32, top_k=2, tokens_per_rank=1001, moe_layers=1)
+    lo = make_expert_load("reference", ep=16, n_experts=32, top_k=2, tokens_per_rank=1001, moe_layers=1,
+                      sizing="renormalized")
     r = lo.rank_tokens(0, 0, 0)
     assert (r[:8] == r[8:]).all() and np.abs(r[:, :8] - r[:, 8:]).max() <= 1
 
 
 def test_reference_expert_split_even_remainder_to_lowest():
-    lo = make_expert_load("reference", ep=4, n_experts=12, top_k=2, tokens_per_rank=1001, moe_layers=1)
+    lo = make_expert_load("reference", ep=4, n_experts=12, top_k=2, tokens_per_rank=1001, moe_layers=1,
+                      sizing="renormalized")
     c, r = lo.expert_tokens(0, 0, 0), lo.rank_tokens(0, 0, 0)
     for s in range(4):
         for d in range(4):
@@ -134,10 +139,41 @@ def test_reference_expert_split_even_remainder_to_lowest():
             assert list(part) == [q + (j < rem) for j in range(3)]
 
 
+@pytest.mark.parametrize("ep", [4, 8, 16, 32])
+def test_reference_released_sizing_closed_form(ep):
+    """Released sizing (reference 4.2): per pair total * W[s % 8][d % 8] / 32768 with total the
+    rank's copies (32,768 tokens x top-2 = 65,536), rows not renormalized: at ep 8 a rank sends
+    65,536 copies (2 W), at ep 16 twice that, at ep 32 four times, at ep 4 its 4 x 4 corner."""
+    lo = make_expert_load("reference", ep=ep, n_experts=ep, top_k=2, tokens_per_rank=32768, moe_layers=1)
+    r = lo.rank_tokens(0, 0, 0)
+    expected = np.array([[2 * REFERENCE_MATRIX[s % 8, d % 8] for d in range(ep)] for s in range(ep)])
+    assert (r == expected).all()
+    sent = r.sum(axis=1)
+    if ep >= 8:
+        assert (sent == 65536 * ep // 8).all()
+    else:  # ep 4: rank 0 sends 2 * (9810 + 5338 + 1231 + 3042)
+        assert sent[0] == 2 * (9810 + 5338 + 1231 + 3042)
+    assert lo.describe()["sizing"] == "released"
+
+
+def test_reference_counts_copies_halves_a_top2_row():
+    """counts = copies: the 32,768 of a row already count the copies, so a rank sends the row
+    once (its tokens), not top_k times."""
+    tokens = make_expert_load("reference", **PAPER)
+    copies = make_expert_load("reference", **PAPER, counts="copies")
+    assert (tokens.rank_tokens(0, 0, 0) == 2 * REFERENCE_MATRIX).all()
+    assert (copies.rank_tokens(0, 0, 0) == REFERENCE_MATRIX).all()
+    with pytest.raises(ConfigError, match="a2a_counts"):
+        make_expert_load("reference", **PAPER, counts="bytes")
+    with pytest.raises(ConfigError, match="a2a_sizing"):
+        make_expert_load("reference", **PAPER, sizing="tiled")
+
+
 @pytest.mark.parametrize("ep,n,k", [(8, 8, 4), (4, 4, 2), (2, 2, 2)])
 def test_reference_cap_overflow_is_redistributed_with_warning(ep, n, k):
     with pytest.warns(RuntimeWarning, match="re-split"):
-        lo = make_expert_load("reference", ep=ep, n_experts=n, top_k=k, tokens_per_rank=1000, moe_layers=1)
+        lo = make_expert_load("reference", ep=ep, n_experts=n, top_k=k, tokens_per_rank=1000, moe_layers=1,
+                      sizing="renormalized")
     assert lo.describe()["redistributed_tokens"] > 0
     check_invariants(lo)
     assert lo.rank_tokens(0, 0, 0).max() == 1000          # the overflowing ranks sit at the cap
@@ -149,7 +185,8 @@ def test_reference_invariants_property(ep, m, k, t):
     k = min(k, ep * m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        lo = make_expert_load("reference", ep=ep, n_experts=ep * m, top_k=k, tokens_per_rank=t, moe_layers=2)
+        lo = make_expert_load("reference", ep=ep, n_experts=ep * m, top_k=k, tokens_per_rank=t, moe_layers=2,
+                      sizing="renormalized")
     check_invariants(lo, (3, 1, 2))
 
 

@@ -15,7 +15,7 @@ from fabricsim.experiment import Point, _cost, point_id, run_point
 from fabricsim.reproduce import (FIGURES, STUDIES, _normalize, _progress, plot, run_study,
                                  study_points)
 
-SMALL = dict(model="mixtral-8x7b", gpus=64, tp=4, ep=8, pp=2, micro_batch=1, seq_len=1024)
+SMALL = dict(model="mixtral-8x7b", gpus=64, tp=4, ep=8, pp=2, micro_batch=1, seq_len=1024, micro_batches=2)
 
 
 def test_quick_main_study_has_every_combination():
@@ -130,7 +130,7 @@ def test_normalize_against_hand_computed_values():
 
 
 TINY = dict(model="mixtral-8x7b", gpus=16, tp=2, ep=8, pp=1, micro_batch=1, seq_len=64,
-            link_gbps=100.0)
+            link_gbps=100.0, micro_batches=1)
 
 
 def test_results_are_written_as_points_finish(tmp_path):
@@ -179,7 +179,8 @@ def _fake_rows(study):
 def test_every_study_draws_its_figures(tmp_path, study):
     paths = plot(_fake_rows(study), str(tmp_path), study)
     assert [os.path.basename(p) for p in paths] == list(FIGURES[study])
-    assert FIGURES[study][-1] == "pareto.png" and len(FIGURES[study]) >= 2
+    if study != "fidelity":  # its rows mix modelling readings: no pareto of them
+        assert FIGURES[study][-1] == "pareto.png" and len(FIGURES[study]) >= 2
     assert sorted(os.listdir(tmp_path)) == sorted(FIGURES[study])  # no temporary left
     assert all(os.path.getsize(p) > 5000 for p in paths)  # a PNG with something drawn
 

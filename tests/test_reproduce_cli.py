@@ -116,16 +116,19 @@ def test_failures_study_runs_every_case(tmp_path):
     assert (df.iteration_time_s > 0).all() and not df.perf_per_dollar_norm.isna().any()
 
 
-@pytest.mark.parametrize("flag, value, column, model", [
-    ("--engine", "packet", "engine", "mixtral-8x7b"),  # the packet engine is slow: one point
-    ("--mode", "exact", "mode", "qwen-moe"),
-    ("--gating", "synthetic", "gating", "qwen-moe"),
-    ("--gpu-profile", "h100", "gpu_profile", "qwen-moe"),
+@pytest.mark.parametrize("flag, value, column, model, extra", [
+    # the packet engine is slow: one point, each collective once (isolated), jumbo frames
+    ("--engine", "packet", "engine", "mixtral-8x7b", ["--mode", "isolated", "--packet-size", "9000"]),
+    ("--mode", "isolated", "mode", "qwen-moe", []),
+    ("--gating", "synthetic", "gating", "qwen-moe", []),
+    ("--gpu-profile", "h100", "gpu_profile", "qwen-moe", []),
+    ("--profile", "physical", "profile", "qwen-moe", []),
+    ("--compute-pacing", "load", "compute_pacing", "qwen-moe", []),
 ])
-def test_options_are_recorded(tmp_path, flag, value, column, model):
+def test_options_are_recorded(tmp_path, flag, value, column, model, extra):
     out = tmp_path / "o"
     rc, _, err = _run(QUICK + ["--models", model, "--link-gbps", "400", "--fabrics", "fattree",
-                               flag, value, "--out", str(out), "--quiet"])
+                               flag, value, *extra, "--out", str(out), "--quiet"])
     assert rc == 0, err
     df = pd.read_parquet(out / "results.parquet")
     assert len(df) == 1 and df[column].iloc[0] == value and df.iteration_time_s.iloc[0] > 0

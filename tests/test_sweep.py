@@ -38,6 +38,7 @@ BASE = textwrap.dedent("""\
     pp = 1
     micro_batch = 1
     seq_len = 64
+    micro_batches = 1
     """)
 
 # 3 fabrics x 4 link speeds x 2 seeds = 24 points
@@ -140,8 +141,8 @@ def test_several_zipped_axes_and_duplicates(tmp_path):
 
 
 def test_ids_are_run_points_ids():
-    for p in (Point(model="mixtral-8x7b", gpus=16, tp=2, ep=8, pp=1, micro_batch=1, seq_len=64),
-              Point(model="mixtral-8x7b", gpus=16, tp=2, ep=8, pp=1, micro_batch=1, seq_len=64,
+    for p in (Point(model="mixtral-8x7b", gpus=16, tp=2, ep=8, pp=1, micro_batch=1, seq_len=64, micro_batches=1),
+              Point(model="mixtral-8x7b", gpus=16, tp=2, ep=8, pp=1, micro_batch=1, seq_len=64, micro_batches=1,
                     fabric="mixnet", gating="synthetic", gating_params={"skew": 1.2},
                     failures=("nic:0:eps",), link_gbps=200.0)):
         assert run_point(p)["point_id"] == point_id(sw.resolve_point(p))
@@ -522,7 +523,7 @@ def test_summary_table_and_interrupted_temporaries(local_run, tiny_file, tmp_pat
 def test_reproduce_runs_on_the_pool_with_the_same_rows():
     from fabricsim.reproduce import run_study
 
-    pts = [Point(model="mixtral-8x7b", gpus=16, tp=2, ep=8, pp=1, micro_batch=1, seq_len=64,
+    pts = [Point(model="mixtral-8x7b", gpus=16, tp=2, ep=8, pp=1, micro_batch=1, seq_len=64, micro_batches=1,
                  fabric=f, link_gbps=100.0) for f in ("fattree", "oversub", "mixnet")]
     seen = []
     one = run_study(pts)

@@ -67,7 +67,8 @@ def test_gating_params_reach_the_generator(capsys):
     loads = []
     for skew in ("0.0", "2.0"):
         rc, out, _ = run(capsys, "workload", "describe", *SHAPE, "--gating", "synthetic",
-                         "--gating-param", f"skew={skew}", "--gating-param", "noise=0", "--json")
+                         "--gating-param", f"skew={skew}", "--gating-param", "noise=0", "--json",
+                         "--compute-pacing", "load")
         assert rc == 0
         loads.append(json.loads(out)["compute_per_stage"][0]["fwd_s"])
     assert loads[1] > loads[0]  # a skewed load makes the busiest GPU slower

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
@@ -85,10 +86,29 @@ def test_dp_allreduce_moves_2_n_minus_1_gradients(small):
         # experts are whole on each GPU (expert_tp = False): replicated over dp and tp
         expert = n_layers * pl.experts_per_rank * 3 * m.hidden * m.expert_ffn
         n_dense, n_expert = pl.dp * pl.ep, pl.dp * pl.tp
-        total += pl.tp * 2 * (n_dense - 1) * dense * SMALL.dtype_bytes
-        total += pl.ep * 2 * (n_expert - 1) * expert * SMALL.dtype_bytes
+        grad = 4  # dp_precision = "fp32" (the default): 4 bytes per gradient element
+        total += pl.tp * 2 * (n_dense - 1) * dense * grad
+        total += pl.ep * 2 * (n_expert - 1) * expert * grad
         assert first == s * n_layers
     assert small.bytes_by_parallelism()["dp"] == total
+    bf16 = build_iteration(dataclasses.replace(SMALL, dp_precision="bf16"))
+    assert bf16.bytes_by_parallelism()["dp"] == total // 2  # 2 bytes per element
+
+
+def test_dp_experts_sharded_closed_form(small):
+    """dp_experts = sharded: each GPU's 1/tp share of its rank's experts is all-reduced over the
+    dp GPUs that hold the same share (groups of dp, not dp * tp)."""
+    m = get_model(SMALL.model)
+    pl = small.placement
+    sharded = build_iteration(dataclasses.replace(SMALL, dp_experts="sharded"))
+    expert_bytes = 0
+    for s in range(pl.pp):
+        n_layers = pl.stage_layers[s]
+        expert = n_layers * pl.experts_per_rank * 3 * m.hidden * m.expert_ffn
+        replicated = pl.ep * 2 * (pl.dp * pl.tp - 1) * expert * 4
+        split = pl.ep * pl.tp * 2 * (pl.dp - 1) * (expert // pl.tp) * 4
+        expert_bytes += replicated - split
+    assert small.bytes_by_parallelism()["dp"] - sharded.bytes_by_parallelism()["dp"] == expert_bytes
 
 
 def flow_set(g, t):
@@ -218,11 +238,43 @@ def test_same_config_same_graph():
 
 
 def test_synthetic_gating_changes_the_bytes_and_the_expert_time():
-    ref = build_iteration(SMALL)
-    syn = build_iteration(WorkloadConfig(**{**SMALL.to_dict(), "gating": "synthetic"}))
+    """With compute_pacing = load the expert time follows the gating; with profile (the released
+    simulator's) only the bytes do."""
+    load = dataclasses.replace(SMALL, compute_pacing="load")
+    ref = build_iteration(load)
+    syn = build_iteration(dataclasses.replace(load, gating="synthetic"))
     assert ref.bytes_by_parallelism()["tp"] == syn.bytes_by_parallelism()["tp"]
     assert ref.bytes_by_parallelism()["ep"] != syn.bytes_by_parallelism()["ep"]
     assert not np.array_equal(ref.duration_ps, syn.duration_ps)
+    ref_p = build_iteration(SMALL)
+    syn_p = build_iteration(dataclasses.replace(SMALL, gating="synthetic"))
+    assert ref_p.bytes_by_parallelism()["ep"] != syn_p.bytes_by_parallelism()["ep"]
+    assert np.array_equal(ref_p.duration_ps, syn_p.duration_ps)
+
+
+def test_compute_pacing_closed_form():
+    """profile: every rank's experts take the time of T * top_k copies (the mean load); load: each
+    rank the time of the copies routed to it, so the busiest rank of the reference matrix (column 0,
+    29.6% of the copies at ep 8) is slower than the mean."""
+    from fabricsim.workload.compute import ComputeModel
+
+    cfg = dataclasses.replace(SMALL, compute_pacing="load")
+    m = get_model(cfg.model)
+    cm = ComputeModel(m, tp=cfg.tp, ep=cfg.ep, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len,
+                      profile=cfg.gpu_profile)
+    t_copies = cfg.micro_batch * cfg.seq_len * m.top_k
+    r = reference_rank_tokens(cfg)
+    expected_load = cm.time_ps("experts", "fwd", r.sum(axis=0))
+    expected_profile = cm.time_ps("experts", "fwd", np.full(cfg.ep, t_copies))
+    assert len(set(expected_profile.tolist())) == 1
+    assert expected_load.max() > expected_profile[0] > expected_load.min()
+    for c, expected in ((cfg, expected_load), (SMALL, expected_profile)):
+        g = build_iteration(c)
+        ffn = np.flatnonzero((g.op == OPS.index("ffn")) & (g.phase == 0) & (g.layer == m.dense_layers)
+                             & (g.micro_batch == 0) & (g.stage == 0) & (g.dp_rank == 0))
+        shared = cm.time_ps("shared_experts", "fwd")
+        got = g.duration_ps[ffn] - shared
+        assert (got == expected[g.placement.ep_rank[g.gpu[ffn]]]).all()
 
 
 def shares(cfg):
@@ -234,12 +286,14 @@ def test_paper_traffic_shares():
     """Fig. 2: Mixtral 8x7B (Table 1) moves ~60% of its bytes in TP and ~30% in EP, PP + DP under
     6%; LLaMA-MoE and Qwen-MoE move over 80% in EP. The DP share falls with the micro-batches per
     iteration, which the paper does not give: 16 (a global batch of 4M tokens, as Llama 2's)."""
+    # Megatron-LM's traffic: bf16 gradients (with fp32 all-reduce, the default dp_precision, PP +
+    # DP is 6.2%, just above the paper's "under 6%"; the shares are the paper's measurement)
     mixtral = shares(WorkloadConfig(model="mixtral-8x7b", gpus=128, tp=4, ep=8, pp=4, dp=1,
-                                    micro_batches=16))
+                                    micro_batches=16, dp_precision="bf16"))
     assert 0.5 <= mixtral["tp"] <= 0.7 and 0.25 <= mixtral["ep"] <= 0.4
     assert mixtral["pp"] + mixtral["dp"] < 0.06
     for model in ("llama-moe", "qwen-moe"):
-        s = shares(WorkloadConfig(model=model, gpus=128, tp=1, ep=16, pp=4, dp=2))
+        s = shares(WorkloadConfig(model=model, gpus=128, tp=1, ep=16, pp=4, dp=2, dp_precision="bf16"))
         assert s["ep"] > 0.8, (model, s)
 
 

@@ -10,6 +10,7 @@ __all__ = ["add_parser"]
 
 
 def _workload_config(args):
+    from fabricsim.profiles import WORKLOAD_SWITCHES, switches_from_args
     from fabricsim.workload.models import get_model
     from fabricsim.workload.taskgraph import WorkloadConfig
 
@@ -31,7 +32,8 @@ def _workload_config(args):
             "is required with --gating trace: a .parquet, .arrow(s) or .h5 expert-load trace")
     if args.gating_trace:
         params["path"] = args.gating_trace
-    return WorkloadConfig(model=args.model,
+    switches = switches_from_args(args, WORKLOAD_SWITCHES) if hasattr(args, "profile") else {}
+    return WorkloadConfig(**switches, model=args.model,
                           gpus=args.gpus, dp=dp, tp=args.tp, pp=args.pp, ep=args.ep,
                           micro_batch=args.micro_batch, seq_len=args.seq_len,
                           micro_batches=args.micro_batches, gating=args.gating,
@@ -163,6 +165,9 @@ def add_parser(sub) -> None:
     d.add_argument("--schedule", choices=["1f1b", "gpipe"], default="1f1b")
     d.add_argument("--layer-split", choices=["even", "balanced"], default="even")
     d.add_argument("--json", action="store_true", help="print one JSON object")
+    from fabricsim.profiles import WORKLOAD_SWITCHES, add_switch_arguments
+
+    add_switch_arguments(d, WORKLOAD_SWITCHES)
     d.set_defaults(func=_cmd_describe)
 
     r = wsub.add_parser("record", help="write a synthetic expert-load trace",

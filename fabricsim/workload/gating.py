@@ -48,11 +48,15 @@ from fabricsim.errors import ConfigError, require
 from fabricsim.kernels import counts
 
 __all__ = ["ExpertLoad", "ReferenceLoad", "SyntheticLoad", "TraceLoad", "REFERENCE_MATRIX",
-           "TRACE_COLUMNS", "TRACE_FORMATS", "HDF5_GROUP", "EXPERT_LOAD_KEY", "KINDS",
+           "TRACE_COLUMNS", "TRACE_FORMATS", "REFERENCE_SIZINGS", "REFERENCE_COUNTS", "HDF5_GROUP", "EXPERT_LOAD_KEY", "KINDS",
            "SYNTHETIC_DEFAULTS", "make_expert_load", "write_trace", "read_trace"]
 
 #: The kinds :func:`make_expert_load` builds.
 KINDS = ("reference", "synthetic", "trace")
+
+#: How :class:`ReferenceLoad` sizes tiled rows, and what a row counts (see its docstring).
+REFERENCE_SIZINGS = ("released", "renormalized")
+REFERENCE_COUNTS = ("tokens", "copies")
 
 #: Columns of an expert-load trace, in order (all integers; written as int64).
 TRACE_COLUMNS = ("iteration", "layer", "micro_batch", "src_rank", "expert", "tokens")
@@ -263,7 +267,21 @@ class ReferenceLoad(ExpertLoad):
     result is exactly ``2 * W``. Expert level: ``R[s, d]`` is split evenly over rank d's experts,
     the remainder one token each to the lowest expert ids.
 
-    Per-expert cap: a rank can take at most ``experts_per_rank * tokens_per_rank`` tokens from
+    Two readings of the matrix (switches of :mod:`fabricsim.profiles`; the defaults are the
+    released simulator's):
+
+    - ``sizing="released"`` (default): ``R[s, d] = total * W[s % 8][d % 8] // 32768`` with
+      ``total`` the rank's volume, rows not renormalized after tiling, as the released simulator
+      sizes a flow (``total * W[e_src % 8][e_dst % 8] / 32768``, reference section 4.2): at ep 16
+      a rank sends twice ``total``, at ep 32 four times, at ep 4 what its 4 x 4 corner holds. No
+      per-expert cap. ``sizing="renormalized"``: every tiled row rescaled to exactly ``total``
+      (below).
+    - ``counts="tokens"`` (default): the 32,768 of a row are one micro-batch's tokens (4096
+      sequence x micro-batch 8, reference section 6.4), each routed to ``top_k`` experts, so
+      ``total = tokens_per_rank * top_k`` token copies. ``counts="copies"``: the row already
+      counts the copies, ``total = tokens_per_rank``.
+
+    Renormalized: per-expert cap: a rank can take at most ``experts_per_rank * tokens_per_rank`` tokens from
     one source (each token visits an expert at most once), i.e. the cap is exceeded where
     ``top_k * share > experts_per_rank``, ``share`` the entry's fraction of its tiled row. That
     never happens when ``top_k <= experts_per_rank``, nor in the paper's setting (ep 8, 8
@@ -277,15 +295,25 @@ class ReferenceLoad(ExpertLoad):
 
     kind = "reference"
 
-    def __init__(self, *, ep, n_experts, top_k, tokens_per_rank, moe_layers):
+    def __init__(self, *, ep, n_experts, top_k, tokens_per_rank, moe_layers, sizing="released",
+                 counts="tokens"):
         super().__init__(ep=ep, n_experts=n_experts, top_k=top_k, tokens_per_rank=tokens_per_rank,
                          moe_layers=moe_layers)
-        total, cap = self.row_tokens, self.experts_per_rank * self.tokens_per_rank
+        require(sizing in REFERENCE_SIZINGS, "a2a_sizing",
+                f"must be one of {', '.join(REFERENCE_SIZINGS)}, got {sizing!r}")
+        require(counts in REFERENCE_COUNTS, "a2a_counts",
+                f"must be one of {', '.join(REFERENCE_COUNTS)}, got {counts!r}")
+        self.sizing, self.counts = sizing, counts
+        total = self.row_tokens if counts == "tokens" else self.tokens_per_rank
+        cap = self.experts_per_rank * self.tokens_per_rank
         dst = np.arange(self.ep) % 8
         rows = {}
         moved = 0
         for r in range(min(self.ep, 8)):       # source rows repeat with period 8
             w = REFERENCE_MATRIX[r][dst]
+            if sizing == "released":
+                rows[r] = w * total // int(REFERENCE_MATRIX[r].sum())
+                continue
             rows[r] = _apportion(w, total, cap)
             moved += int(np.maximum(_apportion(w, total, total) - rows[r], 0).sum()) \
                 * len(range(r, self.ep, 8))
@@ -306,7 +334,8 @@ class ReferenceLoad(ExpertLoad):
         return self._rank
 
     def describe(self) -> dict:
-        return {**super().describe(), "redistributed_tokens": self.redistributed_tokens}
+        return {**super().describe(), "sizing": self.sizing, "counts": self.counts,
+                "redistributed_tokens": self.redistributed_tokens}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,12 +766,14 @@ class TraceLoad(ExpertLoad):
 # factory and writer
 
 def make_expert_load(kind: str, *, ep, n_experts, top_k, tokens_per_rank, moe_layers, seed=0,
-                     path=None, **params) -> ExpertLoad:
+                     path=None, sizing="released", counts="tokens", **params) -> ExpertLoad:
     """Build an :class:`ExpertLoad` of ``kind`` (one of :data:`KINDS`).
 
     ``seed`` is used by ``synthetic`` only; ``path`` is required by ``trace`` and refused by the
-    others; ``params`` are the ``synthetic`` parameters (:data:`SYNTHETIC_DEFAULTS`) — the other
-    kinds take none. Every problem is a :class:`ConfigError`.
+    others; ``sizing`` and ``counts`` are the readings of the ``reference`` matrix (ignored by the
+    other kinds, whose counts are token copies); ``params`` are the ``synthetic`` parameters
+    (:data:`SYNTHETIC_DEFAULTS`) — the other kinds take none. Every problem is a
+    :class:`ConfigError`.
     """
     require(kind in KINDS, "gating.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
     dims = dict(ep=ep, n_experts=n_experts, top_k=top_k, tokens_per_rank=tokens_per_rank,
@@ -757,7 +788,7 @@ def make_expert_load(kind: str, *, ep, n_experts, top_k, tokens_per_rank, moe_la
                                             "kind 'synthetic')")
     if kind == "reference":
         require(path is None, "gating.path", "only kind 'trace' reads a file")
-        return ReferenceLoad(**dims)
+        return ReferenceLoad(**dims, sizing=sizing, counts=counts)
     require(path is not None, "gating.path", "kind 'trace' needs the path of a trace file "
                                              f"({', '.join(TRACE_FORMATS)})")
     return TraceLoad(path, **dims)

@@ -41,6 +41,7 @@ import numpy as np
 from fabricsim.errors import require
 from fabricsim.kernels import dag
 from fabricsim.workload import traffic
+from fabricsim.workload.gating import REFERENCE_COUNTS, REFERENCE_SIZINGS
 from fabricsim.workload.models import get_model
 from fabricsim.workload.placement import LAYER_SPLITS, place
 
@@ -56,7 +57,11 @@ OP_PARALLELISM = {"tp_allreduce": "tp", "ep_dispatch": "ep", "ep_combine": "ep",
                   "pp_gradient": "pp", "dp_reduce": "dp", "dp_ring": "dp", "dp_broadcast": "dp"}
 SCHEDULES = ("1f1b", "gpipe")
 GATING_KINDS = ("reference", "synthetic", "trace")
-_RESERVED_GATING = ("seed", "ep", "n_experts", "top_k", "tokens_per_rank", "moe_layers")
+_RESERVED_GATING = ("seed", "ep", "n_experts", "top_k", "tokens_per_rank", "moe_layers", "sizing",
+                    "counts")
+COMPUTE_PACINGS = ("profile", "load")
+DP_BYTES = {"fp32": 4, "bf16": 2}  # bytes per gradient element
+DP_EXPERTS = ("replicated", "sharded")
 FWD, BWD, GRAD = 0, 1, 2
 PHASE_NAMES = ("fwd", "bwd", "grad")
 _OP = {name: i for i, name in enumerate(OPS)}
@@ -74,6 +79,15 @@ class WorkloadConfig:
 
     Every data-parallel replica gets the same expert load (the gating is keyed by iteration,
     layer and micro-batch, not by replica).
+
+    Modelling switches (:mod:`fabricsim.profiles`; defaults are the released simulator's):
+    ``a2a_sizing`` and ``a2a_counts`` read the reference matrix
+    (:class:`fabricsim.workload.gating.ReferenceLoad`); ``compute_pacing`` is ``profile`` (every EP
+    rank's experts take the time of the mean load, ``tokens * top_k`` copies: compute never depends
+    on the matrix) or ``load`` (each rank takes the time of the copies routed to it, so the busiest
+    rank paces the layer); ``dp_precision`` (``fp32``: 4 B, ``bf16``: 2 B per gradient element in the
+    data-parallel all-reduce); ``dp_experts`` (``replicated``: a rank's expert gradients are
+    all-reduced over its dp * tp GPUs; ``sharded``: each GPU's 1/tp share over dp GPUs).
 
     ``expert_tp``: whether the MoE block is tensor-parallel too. ``False`` (default): experts are
     whole on every GPU of their EP rank's TP group, each GPU runs them on its sequence-parallel
@@ -102,6 +116,11 @@ class WorkloadConfig:
     dtype_bytes: int = 2
     gpus_per_server: int = 8
     expert_tp: bool = False
+    a2a_sizing: str = "released"
+    a2a_counts: str = "tokens"
+    compute_pacing: str = "profile"
+    dp_precision: str = "fp32"
+    dp_experts: str = "replicated"
 
     def __post_init__(self):
         for name in ("micro_batch", "seq_len", "dtype_bytes"):
@@ -130,6 +149,11 @@ class WorkloadConfig:
                     "the generator's parameters, e.g. skew, drift, layer_corr, spatial, noise")
         require(isinstance(self.expert_tp, bool), "workload.expert_tp",
                 f"must be true or false, got {self.expert_tp!r}")
+        for name, allowed in (("a2a_sizing", REFERENCE_SIZINGS), ("a2a_counts", REFERENCE_COUNTS),
+                              ("compute_pacing", COMPUTE_PACINGS), ("dp_precision", tuple(DP_BYTES)),
+                              ("dp_experts", DP_EXPERTS)):
+            require(getattr(self, name) in allowed, f"workload.{name}",
+                    f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         require(self.micro_batch * self.seq_len <= 2**31, "workload.micro_batch",
                 f"micro_batch * seq_len must be <= 2**31 tokens, got {self.micro_batch * self.seq_len}")
 
@@ -344,7 +368,8 @@ def build_iteration(config: WorkloadConfig, *, expert_load=None) -> TaskGraph:
         params = dict(config.gating_params)
         expert_load = make_expert_load(config.gating, ep=pl.ep, n_experts=model.routed_experts,
                                        top_k=model.top_k, tokens_per_rank=tokens,
-                                       moe_layers=model.moe_layers, seed=config.seed, **params)
+                                       moe_layers=model.moe_layers, seed=config.seed,
+                                       sizing=config.a2a_sizing, counts=config.a2a_counts, **params)
     act_bytes = tokens * model.hidden * config.dtype_bytes
     g = _GraphBuilder(config, model, pl, cm, expert_load, m_count, act_bytes)
     return g.build()
@@ -434,8 +459,11 @@ class _GraphBuilder:
         if layer == 0:
             attn_ps += t("embedding", ph)
         if moe:
-            _, r = self.rank_tokens(layer, mb)
-            recv = r.sum(axis=0)  # token copies each EP rank's experts process
+            if self.config.compute_pacing == "load":
+                _, r = self.rank_tokens(layer, mb)
+                recv = r.sum(axis=0)  # token copies each EP rank's experts process
+            else:  # the profile's mean load: every token's top_k copies spread evenly
+                recv = np.full(pl.ep, self.config.micro_batch * self.config.seq_len * model.top_k)
             ffn_ps = (cm.time_ps("experts", ph, recv) + t("shared_experts", ph))[pl.ep_rank[gpus]]
         else:
             ffn_ps = np.full(len(gpus), t("dense_ffn", ph), np.int64)
@@ -516,7 +544,7 @@ class _GraphBuilder:
         dense = traffic.dense_params_per_gpu(model, layers, pl.tp, first_stage=stage == 0,
                                              last_stage=stage == pl.pp - 1)
         n_moe = sum(model.is_moe_layer(layer) for layer in layers)
-        split = pl.tp if self.config.expert_tp else 1
+        split = pl.tp if self.config.expert_tp or self.config.dp_experts == "sharded" else 1
         expert = traffic.expert_params_per_gpu(model, n_moe, pl.experts_per_rank, split)
         on_stage = pl.stage == stage
         groups = [(pl.tp_rank == t) & on_stage for t in range(pl.tp)]
@@ -527,7 +555,7 @@ class _GraphBuilder:
                     same_t = (pl.tp_rank == t) if split > 1 else True
                     groups.append(on_stage & (pl.ep_rank == r) & same_t)
                     sizes.append(expert)
-        b = self.config.dtype_bytes
+        b = DP_BYTES[self.config.dp_precision]
         for mask, params in zip(groups, sizes):
             members = np.flatnonzero(mask)
             if members.size < 2 or params == 0:
