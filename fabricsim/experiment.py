@@ -76,6 +76,7 @@ class Point:
     region_servers: Optional[int] = None
     engine: str = "flow"
     seed: int = 0
+    tolerance: float = 0.0  # flow engine staleness bound (0: exact max-min after every event)
     failures: tuple = ()  # e.g. ("nic:3:eps", "gpu:17", "server:5"): fabricsim.failures
     global_batch: int = GLOBAL_BATCH_RELEASED  # sequences, for micro_batches_rule = "flexflow"
     profile: str = "released"
@@ -96,7 +97,7 @@ class Point:
     def __post_init__(self):
         require(self.fabric in FABRICS, "fabric",
                 f"must be one of {', '.join(FABRICS)}, got {self.fabric!r}")
-        for name in ("link_gbps", "delay_ms"):
+        for name in ("link_gbps", "delay_ms", "tolerance"):
             v = getattr(self, name)
             require(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
                     and (v > 0 if name == "link_gbps" else v >= 0), name,
@@ -261,7 +262,7 @@ def run_point(point: Point, *, progress=None) -> dict:
                                                                 point.fabric))
     result = run_iteration(graph, fabric, mode=point.switches["mode"], controller=controller,
                            seed=point.seed, progress=progress, gpu_map=moved, engine=point.engine,
-                           packet_params=packet_params)
+                           packet_params=packet_params, tolerance=point.tolerance)
     params = point.to_dict()
     params["dp"] = cfg.dp
     params["micro_batches"] = cfg.n_micro_batches

@@ -41,6 +41,8 @@ def applies(switch: str, value: str, point) -> bool:
     result; False only where the model provably ignores the switch."""
     from fabricsim.experiment import micro_batches_of
 
+    if point.switches[switch] == value:  # e.g. a model the study runs isolated already
+        return False
     if switch == "packet_size":
         return point.engine == "packet"
     if switch in ("qwen", "qwen_shared"):
@@ -70,11 +72,11 @@ def _top_k(point) -> int:
 
 
 def fidelity_points(base_points: list) -> list:
-    """``(switch, value, point)`` for the baseline (``switch`` None) and every flip that applies;
-    ``base_points`` are the main study's points under the released profile."""
+    """``(label, point)`` for the baseline (label ``baseline``) and every flip that applies (label
+    ``switch=value``); ``base_points`` are the main study's points under the released profile."""
     import dataclasses
 
-    out = [(None, None, p) for p in base_points]
+    out = [("baseline", p) for p in base_points]
     for s in SWITCHES:
         for value in s.values:
             if value == PROFILES[BASELINE][s.name]:
@@ -84,24 +86,24 @@ def fidelity_points(base_points: list) -> list:
                     extra = {}
                     if s.name == "qwen" and value == "sec7.3":
                         extra["ep"] = 32  # "32 experts with 32-way EP" (section 7.3)
-                    out.append((s.name, value, dataclasses.replace(p, **{s.name: value}, **extra)))
+                    out.append((f"{s.name}={value}",
+                                dataclasses.replace(p, **{s.name: value}, **extra)))
     return out
 
 
 def label(row: dict) -> str:
-    """``baseline`` or ``switch=value``: the one switch in which a result row departs from the
-    released profile."""
+    """``baseline`` or ``switch=value``: the switches in which a result row departs from the
+    released profile (for rows without a recorded ``flip``)."""
     base = PROFILES[BASELINE]
     flipped = [f"{name}={row[name]}" for name in base if row[name] != base[name]]
     return ", ".join(flipped) or "baseline"
 
 
-def complete_rows(rows: list, base_points: list) -> list:
-    """The study's rows with, for every flip, the baseline rows of the points it does not apply
-    to (copied, the switch set, ``simulated`` False), so that every flip covers every point."""
-    sims = []
-    for r in rows:
-        sims.append({**r, "flip": label(r), "simulated": True})
+def complete_rows(rows: list, labels: list, base_points: list) -> list:
+    """The study's rows (``labels``: each row's flip, from :func:`fidelity_points`) with, for
+    every flip, the baseline rows of the points it does not apply to (copied, the switch set,
+    ``simulated`` False), so that every flip covers every point."""
+    sims = [{**r, "flip": lab, "simulated": True} for r, lab in zip(rows, labels)]
     base = {(r["model"], r["fabric"], r["link_gbps"]): r for r in sims if r["flip"] == "baseline"}
     out = list(sims)
     for s in SWITCHES:
