@@ -569,3 +569,26 @@ def test_readme_sweep_file_is_the_example():
 
     with open(os.path.join(ROOT, "examples", "sweep-small.toml"), encoding="utf-8") as f:
         assert body(block) == body(f.read())
+
+
+def test_profiles_and_switches_are_sweep_axes(tmp_path):
+    """``profile`` and every switch are sweep keys; each point's parameters record the profile
+    and the resolved switch values, and the ids tell the readings apart."""
+    text = BASE.replace('[base]\n', '[base]\nprofile = "physical"\n') + textwrap.dedent("""\
+        [grid]
+        compute_pacing = ["profile", "load"]
+        mode = ["isolated", "exact"]
+        """)
+    sweep = sw.load_sweep(write(tmp_path, text))
+    assert len(sweep) == 4
+    report = sw.run_sweep(sweep, tmp_path / "o", workers=1)
+    assert report.done == 4
+    import pandas as pd
+
+    df = pd.read_parquet(tmp_path / "o")
+    assert set(df.profile) == {"physical"} and set(df.compute_pacing) == {"profile", "load"}
+    assert set(df["mode"]) == {"isolated", "exact"}
+    assert set(df.a2a_sizing) == {"renormalized"} and set(df.nvlink) == {"text"}  # physical's
+    assert df.point_id.nunique() == 4
+    with pytest.raises(ConfigError, match="base.profile|profile"):
+        sw.load_sweep(write(tmp_path, BASE.replace('[base]\n', '[base]\nprofile = "paper"\n')))
