@@ -55,3 +55,45 @@ def test_misuse_is_reported():
         s.set_capacity([0], [1.0], 5)
     with pytest.raises(ValueError, match="only once"):
         s.start([0], 200)
+
+
+@settings(max_examples=30)
+@given(st.integers(0, 2**31), st.sampled_from([0.0, 0.01]), st.sampled_from(["flow", "packet"]))
+def test_advance_groups_reports_whole_groups_at_their_last_flow(seed, tolerance, engine):
+    """advance_groups (the runner's exact mode) stops only at the instants where a group's last
+    flow finishes, reports each group once, at that flow's finish time, and leaves every flow's
+    finish time exactly as stepping flow by flow does."""
+    from fabricsim.engine import PacketSession
+
+    rng = np.random.default_rng(seed)
+    n = 30
+    src = rng.integers(0, 16, n)
+    dst = (src + rng.integers(1, 16, n)) % 16
+    size = rng.integers(1, 500_000, n)
+    group = rng.integers(-1, 6, n)  # -1: no group
+    routes = FAB.route(src, dst, seed=seed)
+
+    def session(with_groups):
+        if engine == "flow":
+            return FlowSession(routes.route_ptr, routes.route_links, FAB.link_state(), size,
+                               tolerance=tolerance, flow_group=group if with_groups else None)
+        return PacketSession(routes.route_ptr, routes.route_links, FAB.links.reverse,
+                             FAB.link_state(), FAB.links.delay_ps, size,
+                             flow_group=group if with_groups else None)
+
+    stepped, grouped = session(False), session(True)
+    for s in (stepped, grouped):
+        s.start(np.arange(n), 0)
+    reported = {}
+    while True:
+        g, t = grouped.advance_groups(flowsim.INF_PS - 1)
+        if not g.size:
+            break
+        for gi, ti in zip(g.tolist(), t.tolist()):
+            assert gi not in reported  # each group once
+            reported[gi] = ti
+    stepped.advance(flowsim.INF_PS - 1)
+    assert np.array_equal(grouped.finish_ps, stepped.finish_ps)
+    assert set(reported) == set(group[group >= 0].tolist())
+    for gi, ti in reported.items():
+        assert ti == int(stepped.finish_ps[group == gi].max())
