@@ -475,7 +475,10 @@ class FlowSession:
         return self.st.bytes_acc.copy()
 
     def stats(self) -> dict:
-        return {"events": int(self.st.clock[flowsim.C_EVENTS])}
+        """Kernel counters: event times run, exact re-solves and the flows they covered."""
+        clock = self.st.clock
+        return {"events": int(clock[flowsim.C_EVENTS]), "solves": int(clock[flowsim.C_SOLVES]),
+                "solved_flows": int(clock[flowsim.C_SOLVED_FLOWS])}
 
 
 def _next_time(st) -> int:

@@ -339,7 +339,7 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
                                                     fabric.n_links)
     stats["engine"] = engine
     if exact:
-        stats["engine_events"] = int(session.stats()["events"])
+        stats.update({f"engine_{k}": v for k, v in session.stats().items()})
     return IterationResult(graph, iteration_ps, start, finish, breakdown,
                            controller.records if controller is not None else [], stats)
 

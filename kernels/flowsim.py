@@ -42,7 +42,8 @@ State layout (:class:`FlowState`; F flows, L links, nnz = total route length):
   ``status int8`` (0 pending, 1 active, 2 done), ``rate_bps``, ``rem_bytes``, ``t_upd_ps``,
   ``finish_ps`` (-1 until done), ``fin_key`` (predicted finish, heap key)
 - links ``capacity_bps`` (run-time state), ``load_bps``, ``maxnorm`` (largest rate/weight),
-  ``bytes_acc`` (bytes carried up to ``t_link_ps``)
+  ``bytes_acc`` (bytes carried up to ``t_link_ps``); scratch ``resid_bps``, ``other_bps`` and
+  ``other_top`` (what the flows outside a re-solve leave and keep)
 - capacity events ``ev_time_ps``, ``ev_link``, ``ev_capacity_bps`` sorted by time
 - ``clock int64[16]``: scalars, see the ``C_*`` indices below
 """
@@ -111,6 +112,8 @@ class FlowState(NamedTuple):
     link_mark: np.ndarray
     link_buf: np.ndarray
     resid_bps: np.ndarray
+    other_bps: np.ndarray
+    other_top: np.ndarray
     old_rate: np.ndarray
     in_dirty: np.ndarray
     dirty_buf: np.ndarray
@@ -188,7 +191,8 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
         bytes_acc=np.zeros(n_links), t_link_ps=np.full(n_links, clock[C_NOW], np.int64),
         link_local=np.full(n_links, -1, np.int64), link_mark=np.zeros(n_links, np.bool_),
         link_buf=np.empty(n_links, np.int64),
-        resid_bps=np.zeros(n_links), old_rate=np.zeros(n_flows), in_dirty=np.zeros(n_flows, np.bool_),
+        resid_bps=np.zeros(n_links), other_bps=np.zeros(n_links), other_top=np.zeros(n_links),
+        old_rate=np.zeros(n_flows), in_dirty=np.zeros(n_flows, np.bool_),
         dirty_buf=np.empty(n_flows, np.int64), theta=np.full(1, np.inf),
         ev_time_ps=ev_time_ps, ev_link=ev_link, ev_capacity_bps=ev_capacity_bps,
         trig_kind=trig_kind, trig_need=trig_need, trig_ptr=trig_ptr, trig_targets=trig_targets,
@@ -337,7 +341,11 @@ def _upper_component(st, n_set, theta):
 
     Breadth-first from the flows already in the set, through links (each link's active list is
     scanned once, ``link_mark``) and through flows at or above the level ``theta`` only: flows
-    below it keep their rates (see the module docstring).
+    below it keep their rates (see the module docstring). A flow on a scanned link is in the final
+    set iff it is already flagged or at the level, so the same scan records, per link, what the
+    flows left out keep: their total rate ``other_bps`` and top normalized rate ``other_top``.
+    The scanned links (every link of the set) stay marked in ``link_buf[:n_links]``.
+    Returns ``(n_set, n_links)``.
     """
     cut = theta * (1.0 - CERT_TOL)
     head = 0
@@ -350,14 +358,21 @@ def _upper_component(st, n_set, theta):
             if st.link_mark[l]:
                 continue
             n_seen = _push_unique(st.link_mark, st.link_buf, l, n_seen)
+            other = 0.0
+            top = 0.0
             base = st.lf_ptr[l]
             for q in range(base, base + st.n_act[l]):
                 g = st.entry_flow[st.lf_act[q]]
-                if st.rate_bps[g] / st.weight[g] >= cut:
+                norm = st.rate_bps[g] / st.weight[g]
+                if st.in_set[g] or norm >= cut:
                     n_set = _push_unique(st.in_set, st.set_buf, g, n_set)
-    for m in range(n_seen):
-        st.link_mark[st.link_buf[m]] = False
-    return n_set
+                else:
+                    other += st.rate_bps[g]
+                    if norm > top:
+                        top = norm
+            st.other_bps[l] = other
+            st.other_top[l] = top
+    return n_set, n_seen
 
 
 @njit(refcount=False)
@@ -374,28 +389,40 @@ def _settle_and_mark(st, n_set, now):
 
 
 @njit(refcount=False)
-def _solve_set(st, n_set, now):
-    """Re-solve the flows in ``set_buf[:n_set]`` on the capacity the other active flows leave,
-    refresh the links they cross and their predicted finishes, and empty the set."""
+def _solve_set(st, n_set, n_links, now):
+    """Re-solve the flows in ``set_buf[:n_set]`` on the capacity the other active flows leave
+    (``other_bps`` of the links ``link_buf[:n_links]``, from :func:`_upper_component`), refresh
+    those links (carried bytes, load, top rate) and the flows' predicted finishes, and empty the
+    set."""
     flows = st.set_buf[:n_set]
-    n_marked = _settle_and_mark(st, n_set, now)
-    for m in range(n_marked):
-        l = st.link_buf[m]
-        other = 0.0
-        base = st.lf_ptr[l]
-        for q in range(base, base + st.n_act[l]):
-            g = st.entry_flow[st.lf_act[q]]
-            if not st.in_set[g]:
-                other += st.rate_bps[g]
-        st.resid_bps[l] = st.capacity_bps[l] - other
-    fill_subset(flows, st.route_ptr, st.route_links, st.resid_bps, st.weight, st.rate_cap_bps,
-                st.link_local, st.rate_bps)
-    _refresh_links(st, n_marked, now)
     for a in range(n_set):
         f = flows[a]
+        _settle_flow(st.rem_bytes, st.rate_bps, st.t_upd_ps, f, now)
+        st.old_rate[a] = st.rate_bps[f]
+    for m in range(n_links):
+        l = st.link_buf[m]
+        st.resid_bps[l] = st.capacity_bps[l] - st.other_bps[l]
+    fill_subset(flows, st.route_ptr, st.route_links, st.resid_bps, st.weight, st.rate_cap_bps,
+                st.link_local, st.rate_bps)
+    for m in range(n_links):
+        l = st.link_buf[m]
+        st.link_mark[l] = False
+        _settle_link(st.bytes_acc, st.load_bps, st.t_link_ps, l, now)
+        st.load_bps[l] = st.other_bps[l]
+        st.maxnorm[l] = st.other_top[l]
+    for a in range(n_set):
+        f = flows[a]
+        r = st.rate_bps[f]
+        norm = r / st.weight[f]
+        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
+            l = st.route_links[p]
+            st.load_bps[l] += r
+            if norm > st.maxnorm[l]:
+                st.maxnorm[l] = norm
         st.in_set[f] = False
-        st.fin_key[f] = _predict(st.rem_bytes, st.rate_bps, f, now)
-        heap_update(st.heap, st.heap_pos, st.clock[C_HEAP_SIZE], st.fin_key, f)
+        if r != st.old_rate[a]:  # an unchanged rate keeps its predicted finish (and heap place)
+            st.fin_key[f] = _predict(st.rem_bytes, st.rate_bps, f, now)
+            heap_update(st.heap, st.heap_pos, st.clock[C_HEAP_SIZE], st.fin_key, f)
     st.clock[C_SOLVES] += 1
     st.clock[C_SOLVED_FLOWS] += n_set
 
@@ -684,5 +711,5 @@ def advance(st, until_ps, max_events, tolerance):
             clock[C_RESOLVE_AT] = INF_PS
             st.theta[0] = np.inf
         if n_set:
-            n_set = _upper_component(st, n_set, theta)
-            _solve_set(st, n_set, t)
+            n_set, n_links = _upper_component(st, n_set, theta)
+            _solve_set(st, n_set, n_links, t)
