@@ -22,6 +22,10 @@ ignored::
 
 Node ids are fabricsim host indices. Any other content gets a :class:`ConfigError` naming the
 file, the line and what is allowed.
+
+:func:`permutation_matrix` and :func:`all_to_all_matrix` write the workloads of htsim's own
+connection-matrix generator scripts byte for byte (Python's ``random``, seed 13), so that a
+measurement against htsim runs the same files (``benchmarks/bench_packetsim.py`` checks their md5).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 from fabricsim.engine import HORIZON_PS, MAX_FLOW_BYTES, MAX_FLOW_BYTES_WHY, Triggers
 from fabricsim.errors import ConfigError
 
-__all__ = ["ConnectionMatrix", "read_connection_matrix"]
+__all__ = ["ConnectionMatrix", "read_connection_matrix", "permutation_matrix", "all_to_all_matrix"]
 
 _KINDS = {"oneshot": 0, "multishot": 1, "barrier": 2}
 _CONN_KEYS = ("id", "start", "size", "trigger", "send_done_trigger", "recv_done_trigger")
@@ -179,3 +183,53 @@ def read_connection_matrix(path, field: str = "traffic.file") -> ConnectionMatri
                             targets=tuple(tuple(t) for t in targets), send_done=send_done,
                             recv_done=recv_done)
     return ConnectionMatrix(nodes, flow_id, src, dst, size, start, triggers)
+
+
+def _matrix_text(nodes: int, flows) -> str:
+    """A connection-matrix file of ``(src, dst)`` flows starting at 0, ids from 1 in order."""
+    lines = [f"Nodes {nodes}", f"Connections {len(flows)}"]
+    lines += [f"{a}->{b} id {i} start 0 size {size}" for i, (a, b, size) in enumerate(flows, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _check_counts(nodes: int, size_bytes: int, group: int = 2) -> None:
+    from fabricsim.errors import require
+
+    require(isinstance(nodes, int) and nodes >= 2, "nodes", f"must be an integer >= 2, got {nodes!r}")
+    require(isinstance(size_bytes, int) and size_bytes > 0, "size_bytes",
+            f"must be an integer > 0, got {size_bytes!r}")
+    require(isinstance(group, int) and 2 <= group <= nodes and nodes % group == 0, "group",
+            f"must be an integer in 2 .. {nodes} dividing nodes = {nodes}, got {group!r}")
+
+
+def permutation_matrix(nodes: int, size_bytes: int, seed: int = 13) -> str:
+    """htsim's ``perm_N_S`` file: sources and destinations shuffled (``random.seed(seed)``, then
+    ``shuffle(srcs)``, ``shuffle(dsts)``), one pass swapping ``dsts[n]`` with ``dsts[(n+1) % N]``
+    where ``srcs[n] == dsts[n]``; flow ``n`` is ``srcs[n]->dsts[n]``, id ``n + 1``."""
+    import random
+
+    _check_counts(nodes, size_bytes)
+    srcs, dsts = list(range(nodes)), list(range(nodes))
+    rng = random.Random(seed)
+    rng.shuffle(srcs)
+    rng.shuffle(dsts)
+    for n in range(nodes):
+        if srcs[n] == dsts[n]:
+            m = (n + 1) % nodes
+            dsts[n], dsts[m] = dsts[m], dsts[n]
+    return _matrix_text(nodes, [(srcs[n], dsts[n], size_bytes) for n in range(nodes)])
+
+
+def all_to_all_matrix(nodes: int, group: int, size_bytes: int = 1_000_000, seed: int = 13) -> str:
+    """htsim's ``a2a_N_gG`` file: hosts shuffled (``random.seed(seed)``), group ``k`` is
+    ``hosts[k*G:(k+1)*G]``, and every member sends to every other member of its group, in group
+    order (``N * (G - 1)`` flows)."""
+    import random
+
+    _check_counts(nodes, size_bytes, group)
+    hosts = list(range(nodes))
+    random.Random(seed).shuffle(hosts)
+    flows = [(s, d, size_bytes) for k in range(nodes // group)
+             for s in hosts[k * group:(k + 1) * group]
+             for d in hosts[k * group:(k + 1) * group] if d != s]
+    return _matrix_text(nodes, flows)

@@ -7,7 +7,7 @@ from fabricsim import fat_tree, simulate_flows
 from fabricsim.cli import main
 from fabricsim.engine import Triggers
 from fabricsim.errors import ConfigError
-from fabricsim.htsim import read_connection_matrix
+from fabricsim.htsim import all_to_all_matrix, permutation_matrix, read_connection_matrix
 from fabricsim.kernels.packetsim import PacketParams
 
 GBPS100_BYTES_PER_US = 12_500  # 100 Gbit/s
@@ -155,3 +155,45 @@ def test_cli_htsim_too_many_nodes(tmp_path, capsys):
     assert main(["run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fabricsim: error: traffic.file:")
+
+
+# md5 of the files htsim's generator scripts write (issue 14; Python's random, seed 13)
+HTSIM_FILES = [
+    ("perm", 128, None, 2_000_000, "64f62ec3ad4cba70dfe911aaca227ed0"),
+    ("a2a", 1024, 8, 1_000_000, "07fe6a7f2146c29a6a97487dd3ffc3d7"),
+    ("a2a", 1024, 16, 1_000_000, "0bceec7005e4e7e64d12672f639d6104"),
+    ("a2a", 128, 8, 1_000_000, "3331fc31a4f17e9649484f37d140fd55"),
+]
+
+
+@pytest.mark.parametrize("kind,nodes,group,size,md5", HTSIM_FILES)
+def test_generated_files_are_htsims_byte_for_byte(tmp_path, kind, nodes, group, size, md5):
+    import hashlib
+
+    text = permutation_matrix(nodes, size) if kind == "perm" else all_to_all_matrix(nodes, group, size)
+    assert hashlib.md5(text.encode()).hexdigest() == md5
+    cm = read_connection_matrix(write(tmp_path, text))
+    assert cm.nodes == nodes and np.all(cm.size_bytes == size) and np.all(cm.start_ps == 0)
+    assert np.all(cm.src != cm.dst)
+    assert list(cm.flow_id) == list(range(1, cm.src.size + 1))
+    if kind == "perm":  # every node sends once and receives once
+        assert sorted(cm.src) == list(range(nodes)) and sorted(cm.dst) == list(range(nodes))
+    else:  # groups of `group` hosts, each member to every other member
+        assert cm.src.size == nodes * (group - 1)
+        member = {}
+        for k in range(nodes // group):
+            lo = k * group * (group - 1)
+            hosts = set(cm.src[lo:lo + group * (group - 1)].tolist())
+            assert len(hosts) == group and hosts == set(cm.dst[lo:lo + group * (group - 1)].tolist())
+            member.update({h: k for h in hosts})
+        assert len(member) == nodes
+
+
+def test_generated_files_other_seed_and_bad_input():
+    assert permutation_matrix(16, 1000, seed=1) != permutation_matrix(16, 1000)
+    with pytest.raises(ConfigError, match="group"):
+        all_to_all_matrix(10, 4)
+    with pytest.raises(ConfigError, match="size_bytes"):
+        permutation_matrix(8, 0)
+    with pytest.raises(ConfigError, match="nodes"):
+        all_to_all_matrix(1, 1)
