@@ -52,6 +52,9 @@ WORKLOADS = {
 }
 #: htsim on the same files, this machine class (issue 14): wall s, peak RSS MiB, data link-hops
 HTSIM = {"P1": (0.57, 14, 373_000), "P2": (97.8, 507, 10_531_000), "P3": (206.0, 1065, 22_565_000)}
+#: fabricsim's data link-hops on these files (deterministic; issue 14's table): a different count
+#: means a different workload or transport, not a faster run
+FABRICSIM_HOPS = {"P1": 373_000, "P2": 10_522_000, "P3": 22_506_000}
 #: not htsim's workloads: consecutive GPU groups on the GPU fat-tree (see the docstring)
 GPU_ROWS = {"G2": 8, "G3": 16}
 
@@ -93,6 +96,7 @@ def test_packet_engine(benchmark, name, tmp_path):
     res = benchmark.pedantic(run, args=(args,), rounds=3 if name == "P1" else 1, iterations=1)
     assert res.status == "done"
     s = res.stats
+    assert s["data_link_hops"] == FABRICSIM_HOPS[name]
     benchmark.extra_info.update(data_link_hops=s["data_link_hops"], events=s["events"])
 
 
@@ -148,6 +152,9 @@ def main(names):
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rate = r["data_link_hops"] / r["engine_s"]
             if name in HTSIM:
+                if r["data_link_hops"] != FABRICSIM_HOPS[name]:
+                    raise SystemExit(f"{name}: {r['data_link_hops']:,} data link-hops, expected "
+                                     f"{FABRICSIM_HOPS[name]:,}: not the measured workload")
                 wall, rss = _whole_process(name, directory)
                 h_wall, h_rss, h_hops = HTSIM[name]
                 print(f"| {name} | {wall:.2f} s, {rss:.0f} MiB | {r['engine_s']:.3f} s | "
