@@ -42,8 +42,11 @@ def test_ctrl_c_stops_a_run_with_exit_130(tmp_path):
     scenario = tmp_path / "long.toml"
     scenario.write_text(LONG_SCENARIO)
     out = tmp_path / "out"
+    # A shell without job control starts background jobs (e.g. `.ci/run &`) with SIGINT ignored,
+    # and a child inherits that; the user's terminal delivers Ctrl-C to a default disposition.
     proc = _fabricsim("run", str(scenario), "--out", str(out), "--quiet",
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (out / "flows.arrows").exists():  # the run has started simulating
