@@ -198,12 +198,13 @@ def write_results(rows: list, out_dir: str) -> str:
 
 
 def run_study(points: list, *, progress=None, workers: int = 1, scheduler=None,
-              out_dir=None) -> list:
+              out_dir=None, point_progress=None) -> list:
     """Run the points on the sweep runner (:func:`fabricsim.sweep.execute`): one by one in this
     process (``workers=1``, the default), on ``workers`` local processes, or on the workers of a
     Dask cluster (``scheduler``: an address or a ``distributed.Client``). Returns the normalized
     result rows in the order of ``points``; ``progress(done, total, row)`` is called as points
-    finish. With ``out_dir``, ``results.parquet`` there is rewritten after every finished point
+    finish; with ``workers=1``, ``point_progress(tasks_done, tasks, sim_ps)`` follows the running
+    point's iteration. With ``out_dir``, ``results.parquet`` there is rewritten after every finished point
     with the rows finished so far (normalized among themselves: NaN where a reference row is not
     there yet), and at the end with every row. A point that fails raises its error (a
     ConfigError as such)."""
@@ -215,7 +216,8 @@ def run_study(points: list, *, progress=None, workers: int = 1, scheduler=None,
     tasks = [(p, point_id(resolve_point(p))) for p in points]
     rows = [None] * len(points)
     done = 0
-    for i, outcome in execute(tasks, workers=0 if workers == 1 else workers, scheduler=scheduler):
+    for i, outcome in execute(tasks, workers=0 if workers == 1 else workers, scheduler=scheduler,
+                              point_progress=point_progress):
         if outcome[0] != "ok":
             info = outcome[1]
             if info.get("config_error") and info.get("field"):
@@ -661,24 +663,40 @@ def _progress(points: list, quiet: bool):
     (carriage returns) on a terminal, one line per finished point otherwise (a log file); nothing
     with ``quiet``. Returns the callback and a function that ends the output."""
     if quiet:
-        return None, lambda: None
+        return None, None, lambda: None
     tty = sys.stderr.isatty()
     varying = _varying([p.to_dict() for p in points])
     t0 = time.monotonic()
+    state = {"done": 0, "shown": time.monotonic(), "point_t0": time.monotonic()}
 
     def progress(done, total, row):
+        state.update(done=done, point_t0=time.monotonic())
         eta = (time.monotonic() - t0) / done * (total - done)
         case = _case(row, varying)
         text = (f"{done}/{total} points, {row['model']} {row['fabric']} {row['link_gbps']:g} Gbps"
                 f"{' ' + case if case else ''}: {row['iteration_time_s']:.3f} s; ETA {eta:.0f} s")
-        sys.stderr.write(f"\r  {text}   " if tty else f"  {text}\n")
+        sys.stderr.write(f"\r\x1b[K  {text}" if tty else f"  {text}\n")
+        sys.stderr.flush()
+
+    def within(tasks_done, tasks, sim_ps):
+        """The running point (one worker): its tasks and simulated time, every second on a
+        terminal, every minute in a log."""
+        now = time.monotonic()
+        if now - state["shown"] < (1.0 if tty else 60.0):
+            return
+        state["shown"] = now
+        point = points[state["done"]]
+        text = (f"point {state['done'] + 1}/{len(points)} ({point.model} {point.fabric}): "
+                f"{tasks_done:,}/{tasks:,} tasks, {sim_ps / 1e12:.3f} s simulated, "
+                f"{now - state['point_t0']:.0f} s")
+        sys.stderr.write(f"\r\x1b[K  {text}" if tty else f"  {text}\n")
         sys.stderr.flush()
 
     def close():
         if tty:
             sys.stderr.write("\n")
 
-    return progress, close
+    return progress, within, close
 
 
 #: The option that sets a parameter whose check failed.
@@ -714,10 +732,11 @@ def _cmd_reproduce(args) -> int:
                                    ("-quick" if args.quick else ""))
     created = _output_dir(out)
     t0 = time.monotonic()
-    progress, close = _progress(points, args.quiet)
+    progress, within, close = _progress(points, args.quiet)
     try:
         try:
-            rows = run_study(points, progress=progress, workers=args.workers, out_dir=out)
+            rows = run_study(points, progress=progress, workers=args.workers, out_dir=out,
+                             point_progress=within)
         finally:
             close()
     except BaseException:

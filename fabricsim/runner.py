@@ -219,7 +219,8 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
                   gpu_map=None, engine: str = "flow", packet_params=None) -> IterationResult:
     """Execute ``graph`` on ``fabric`` (see the module docstring); ``controller`` is an OCS
     controller for MixNet fabrics (:func:`fabricsim.ocs.controller.make_controller`);
-    ``gpu_map`` (``int64[H]``, :func:`fabricsim.failures.gpu_map`) moves failed GPUs' traffic."""
+    ``gpu_map`` (``int64[H]``, :func:`fabricsim.failures.gpu_map`) moves failed GPUs' traffic;
+    ``progress(tasks_done, tasks, sim_ps)`` is called as tasks finish (often: throttle it)."""
     require(mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     require(engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
     require(isinstance(fabric, Fabric), "fabric", "must be a fabricsim Fabric")
@@ -305,6 +306,8 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
             for task, tf in zip(tasks.tolist(), fin.tolist()):
                 done(task, tf)
                 n_done += 1
+            if progress is not None and tasks.size:
+                progress(n_done, n, int(fin.max()))
             continue
         t = t_py
         starts = []

@@ -365,12 +365,13 @@ def _describe_error(exc: BaseException) -> dict:
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _run_one(point: Point, expected_id: str):
-    """Run one point (in a worker); never raises: ``("ok", row)`` or ``("error", info)``."""
+def _run_one(point: Point, expected_id: str, progress=None):
+    """Run one point (in a worker); never raises: ``("ok", row)`` or ``("error", info)``.
+    ``progress``: passed to :func:`fabricsim.experiment.run_point` (tasks done within the point)."""
     from fabricsim.experiment import run_point
 
     try:
-        row = run_point(point)
+        row = run_point(point, progress=progress)
         if row.get("point_id") != expected_id:
             raise RuntimeError(f"run_point recorded id {row.get('point_id')} but the sweep "
                                f"resolved {expected_id}: fabricsim.sweep.resolve_point is out of "
@@ -477,9 +478,9 @@ def _mp_context(start_method: Optional[str]):
     return ctx
 
 
-def _iter_inline(points: list) -> Iterator:
+def _iter_inline(points: list, point_progress=None) -> Iterator:
     for i, (p, pid) in enumerate(points):
-        yield i, _run_one(p, pid)
+        yield i, _run_one(p, pid, point_progress)
 
 
 @contextlib.contextmanager
@@ -695,13 +696,15 @@ def _iter_dask(points: list, scheduler, warm_kinds) -> Iterator:
 
 
 def execute(points: list, *, workers: Optional[int] = None, scheduler=None,
-            start_method: Optional[str] = None, warm: bool = True) -> Iterator:
+            start_method: Optional[str] = None, warm: bool = True,
+            point_progress=None) -> Iterator:
     """Run ``points`` (a list of ``(Point, id)``); yields ``(index, outcome)`` as they finish,
     ``outcome`` being ``("ok", row)`` or ``("error", info)``.
 
     ``scheduler`` (a ``tcp://HOST:PORT`` address or a ``distributed.Client``): the Dask cluster's
     workers. Otherwise ``workers`` local processes (default: every core); ``workers=0`` runs the
-    points one by one in this process.
+    points one by one in this process, and then ``point_progress(tasks_done, tasks, sim_ps)``
+    follows each point's iteration as it runs (:func:`fabricsim.runner.run_iteration`).
     """
     if not points:
         return
@@ -712,7 +715,7 @@ def execute(points: list, *, workers: Optional[int] = None, scheduler=None,
     _check_workers(workers)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers == 0:
-        yield from _iter_inline(points)
+        yield from _iter_inline(points, point_progress)
         return
     yield from _iter_local(points, min(workers, len(points)), start_method, kinds)
 

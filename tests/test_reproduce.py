@@ -205,7 +205,7 @@ def test_progress_updates_a_line_on_a_terminal_and_writes_lines_to_a_log(monkeyp
     rows = [dict(p.to_dict(), iteration_time_s=1.5) for p in pts]
     for stream in (_Terminal(), io.StringIO()):
         monkeypatch.setattr("sys.stderr", stream)
-        progress, close = _progress(pts, quiet=False)
+        progress, _, close = _progress(pts, quiet=False)
         for i, r in enumerate(rows):
             progress(i + 1, len(rows), r)
         close()
@@ -217,4 +217,33 @@ def test_progress_updates_a_line_on_a_terminal_and_writes_lines_to_a_log(monkeyp
             assert "\r" not in text and len(lines) == 2
             assert lines[0].startswith("  1/2 points, mixtral-8x7b fattree 100 Gbps: 1.500 s; ETA")
             assert lines[1].startswith("  2/2 points, mixtral-8x7b mixnet 100 Gbps: 1.500 s; ETA")
-    assert _progress(pts, quiet=True)[0] is None
+    assert _progress(pts, quiet=True)[:2] == (None, None)
+
+
+def test_progress_within_a_point_is_throttled_and_names_the_running_point(monkeypatch):
+    pts = [Point(fabric=f, **TINY) for f in ("fattree", "mixnet")]
+    clock = [100.0]
+    monkeypatch.setattr("fabricsim.reproduce.time.monotonic", lambda: clock[0])
+    for stream, step in ((_Terminal(), 1.0), (io.StringIO(), 60.0)):
+        monkeypatch.setattr("sys.stderr", stream)
+        progress, within, close = _progress(pts, quiet=False)
+        within(5, 40, 10**12)  # too soon after the start: nothing
+        assert stream.getvalue() == ""
+        clock[0] += step
+        within(7, 40, 2 * 10**12)
+        progress(1, 2, dict(pts[0].to_dict(), iteration_time_s=1.5))
+        clock[0] += step
+        within(3, 40, 5 * 10**11)
+        text = stream.getvalue()
+        assert "point 1/2 (mixtral-8x7b fattree): 7/40 tasks, 2.000 s simulated" in text
+        assert "point 2/2 (mixtral-8x7b mixnet): 3/40 tasks, 0.500 s simulated" in text
+        assert ("\r" in text) == stream.isatty()
+
+
+def test_run_study_reports_progress_within_each_point_on_one_worker():
+    calls = []
+    pts = [Point(fabric="fattree", **TINY)]
+    run_study(pts, point_progress=lambda done, n, t: calls.append((done, n, t)))
+    assert calls and all(0 <= d <= n for d, n, _ in calls)
+    assert [d for d, _, _ in calls] == sorted(d for d, _, _ in calls)  # tasks only finish
+    assert calls[-1][0] == calls[-1][1]  # the last call: every task done
