@@ -609,6 +609,8 @@ class PacketSession:
         size = np.ascontiguousarray(size_bytes, dtype=np.int64)
         if size.shape != (n,):
             raise ValueError(f"size_bytes must have one entry per flow ({n}), got shape {size.shape}")
+        # e.g. a whole training iteration in exact mode: refused before allocating, not by NumPy
+        check_packet_sizes(size, params)
         ack_links = _reverse_routes(route_ptr, route_links, np.asarray(reverse_link, dtype=np.int64))
         empty = np.zeros(0, np.int64)
         self.st = packetsim.new_state(route_ptr, route_links, ack_links, np.full(n, -1, np.int64), size,

@@ -262,3 +262,15 @@ def test_inject_kernel_keeps_start_and_event_order():
     assert st_.ev_time_ps[:n].tolist() == [10, 30, 30] and st_.ev_link[:n].tolist() == [8, 7, 9]
     assert packetsim.inject(st_, np.array([2, 2]), empty, np.zeros(0), 60) == -4
     assert st_.fi[2, packetsim.F_START] == -1  # undone
+
+
+def test_a_session_too_big_for_memory_is_refused_before_allocating(monkeypatch):
+    # An exact-mode training iteration on the packet engine can hold billions of packets (one
+    # receive byte each): the session says so instead of NumPy failing deep inside.
+    from fabricsim.errors import ConfigError
+
+    monkeypatch.setattr("fabricsim.engine.available_memory_bytes", lambda: 10**5)
+    routes = FAB.route(np.array([0, 1]), np.array([5, 6]))
+    with pytest.raises(ConfigError, match=r"size_bytes: the packet engine needs about .* for 2 flows"):
+        PacketSession.for_fabric(FAB, routes, np.array([10**9, 10**9]))
+    PacketSession.for_fabric(FAB, routes, np.array([100_000, 100_000]))  # small enough
