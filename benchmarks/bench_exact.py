@@ -10,6 +10,11 @@ with the flow engine's staleness bound.
 
     python benchmarks/bench_exact.py [--models all] [--fabrics fattree,mixnet] [--link-gbps 400]
     python benchmarks/bench_exact.py --models deepseek-r1 --deepseek-micro-batches 16
+
+E2 (the scale study's points): ``--gpus`` (default 1024; the micro-batches then follow the
+released rule, global batch 128) and ``--modes exact`` (skip the isolated runs):
+
+    python benchmarks/bench_exact.py --models mixtral-8x22b --gpus 32768 --modes exact
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ import resource
 import time
 
 
-def _run(model, fabric, link_gbps, mode, **kw):
+def _run(model, fabric, link_gbps, mode, gpus, **kw):
     from fabricsim.experiment import PAPER_PARALLELISM, Point, run_point
 
     t0 = time.perf_counter()
-    row = run_point(Point(model=model, fabric=fabric, gpus=1024, link_gbps=link_gbps, mode=mode,
+    row = run_point(Point(model=model, fabric=fabric, gpus=gpus, link_gbps=link_gbps, mode=mode,
                           **PAPER_PARALLELISM[model], **kw))
     return row, time.perf_counter() - t0
 
@@ -35,31 +40,39 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default="all")
     ap.add_argument("--fabrics", default="fattree,mixnet")
     ap.add_argument("--link-gbps", type=float, default=400.0)
+    ap.add_argument("--gpus", type=int, default=1024)
+    ap.add_argument("--modes", default="exact,isolated", choices=["exact,isolated", "exact"])
     ap.add_argument("--deepseek-micro-batches", type=int, default=1)
     ap.add_argument("--deepseek-tolerance", default="0.05",
                     help="comma list of extra staleness bounds for DeepSeek-R1's exact run")
     args = ap.parse_args(argv)
     models = list(PAPER_PARALLELISM) if args.models == "all" else args.models.split(",")
-    print("| model | fabric | micro-batches | flows | isolated (s) | exact (s) | exact - isolated "
+    print("| model | GPUs | fabric | micro-batches | flows | isolated (s) | exact (s) | exact - isolated "
           "| wall isolated / exact |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for model in models:
         extra = {}
         if model == "deepseek-r1":
             extra["micro_batches"] = args.deepseek_micro_batches
         for fabric in args.fabrics.split(","):
-            iso, w_iso = _run(model, fabric, args.link_gbps, "isolated", **extra)
-            runs = [(0.0, *_run(model, fabric, args.link_gbps, "exact", **extra))]
+            iso, w_iso = (_run(model, fabric, args.link_gbps, "isolated", args.gpus, **extra)
+                          if args.modes != "exact" else (None, None))
+            runs = [(0.0, *_run(model, fabric, args.link_gbps, "exact", args.gpus, **extra))]
             if model == "deepseek-r1":
-                runs += [(float(t), *_run(model, fabric, args.link_gbps, "exact", tolerance=float(t),
-                                          **extra))
+                runs += [(float(t), *_run(model, fabric, args.link_gbps, "exact", args.gpus,
+                                          tolerance=float(t), **extra))
                          for t in args.deepseek_tolerance.split(",") if t]
             for tol, ex, w_ex in runs:
-                diff = 100 * (ex["iteration_time_s"] / iso["iteration_time_s"] - 1)
                 name = f"exact, tolerance {tol:g}" if tol else "exact"
-                print(f"| {model} | {fabric} | {ex['micro_batches']} | {ex['flows']:,} | "
-                      f"{iso['iteration_time_s']:.3f} | {ex['iteration_time_s']:.3f} ({name}) | "
-                      f"{diff:+.2f}% | {w_iso:.1f} s / {w_ex:.1f} s |", flush=True)
+                if iso is None:
+                    iso_s, diff, w_iso_s = "", "", ""
+                else:
+                    iso_s = f"{iso['iteration_time_s']:.3f}"
+                    diff = f"{100 * (ex['iteration_time_s'] / iso['iteration_time_s'] - 1):+.2f}%"
+                    w_iso_s = f"{w_iso:.1f} s"
+                print(f"| {model} | {args.gpus:,} | {fabric} | {ex['micro_batches']} | "
+                      f"{ex['flows']:,} | {iso_s} | {ex['iteration_time_s']:.3f} ({name}) | {diff} "
+                      f"| {w_iso_s} / {w_ex:.1f} s |", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS of this process: {peak:,.0f} MiB")
 
