@@ -31,12 +31,13 @@ measurement against htsim runs the same files (``benchmarks/bench_packetsim.py``
 from __future__ import annotations
 
 import os
+import random
 from typing import NamedTuple
 
 import numpy as np
 
 from fabricsim.engine import HORIZON_PS, MAX_FLOW_BYTES, MAX_FLOW_BYTES_WHY, Triggers
-from fabricsim.errors import ConfigError
+from fabricsim.errors import ConfigError, require
 
 __all__ = ["ConnectionMatrix", "read_connection_matrix", "permutation_matrix", "all_to_all_matrix"]
 
@@ -192,22 +193,19 @@ def _matrix_text(nodes: int, flows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _check_counts(nodes: int, size_bytes: int, group: int = 2) -> None:
-    from fabricsim.errors import require
-
+def _check_counts(nodes: int, size_bytes: int, group: int | None = None) -> None:
     require(isinstance(nodes, int) and nodes >= 2, "nodes", f"must be an integer >= 2, got {nodes!r}")
     require(isinstance(size_bytes, int) and size_bytes > 0, "size_bytes",
             f"must be an integer > 0, got {size_bytes!r}")
-    require(isinstance(group, int) and 2 <= group <= nodes and nodes % group == 0, "group",
-            f"must be an integer in 2 .. {nodes} dividing nodes = {nodes}, got {group!r}")
+    if group is not None:
+        require(isinstance(group, int) and 2 <= group <= nodes and nodes % group == 0, "group",
+                f"must be an integer in 2 .. {nodes} dividing nodes = {nodes}, got {group!r}")
 
 
 def permutation_matrix(nodes: int, size_bytes: int, seed: int = 13) -> str:
     """htsim's ``perm_N_S`` file: sources and destinations shuffled (``random.seed(seed)``, then
     ``shuffle(srcs)``, ``shuffle(dsts)``), one pass swapping ``dsts[n]`` with ``dsts[(n+1) % N]``
     where ``srcs[n] == dsts[n]``; flow ``n`` is ``srcs[n]->dsts[n]``, id ``n + 1``."""
-    import random
-
     _check_counts(nodes, size_bytes)
     srcs, dsts = list(range(nodes)), list(range(nodes))
     rng = random.Random(seed)
@@ -224,8 +222,6 @@ def all_to_all_matrix(nodes: int, group: int, size_bytes: int = 1_000_000, seed:
     """htsim's ``a2a_N_gG`` file: hosts shuffled (``random.seed(seed)``), group ``k`` is
     ``hosts[k*G:(k+1)*G]``, and every member sends to every other member of its group, in group
     order (``N * (G - 1)`` flows)."""
-    import random
-
     _check_counts(nodes, size_bytes, group)
     hosts = list(range(nodes))
     random.Random(seed).shuffle(hosts)

@@ -191,6 +191,8 @@ def test_generated_files_are_htsims_byte_for_byte(tmp_path, kind, nodes, group, 
 
 def test_generated_files_other_seed_and_bad_input():
     assert permutation_matrix(16, 1000, seed=1) != permutation_matrix(16, 1000)
+    odd = permutation_matrix(7, 1000).splitlines()  # any node count, not only even ones
+    assert odd[:2] == ["Nodes 7", "Connections 7"] and len(odd) == 9
     with pytest.raises(ConfigError, match="group"):
         all_to_all_matrix(10, 4)
     with pytest.raises(ConfigError, match="size_bytes"):
