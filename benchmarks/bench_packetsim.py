@@ -122,15 +122,15 @@ def _child(name, directory):
 
 
 def _whole_process(name, directory):
-    """``fabricsim run`` on a scenario file naming the matrix file: (wall s, peak RSS MiB)."""
-    _, _, _, _, hosts, k = WORKLOADS[name]
-    path = os.path.basename(matrix_file(name, directory))
+    """``fabricsim run`` on a scenario file naming the matrix file the engine run wrote (and
+    md5-checked) in ``directory``: (wall s, peak RSS MiB)."""
+    fname, _, _, _, hosts, k = WORKLOADS[name]
     toml = os.path.join(directory, f"{name}.toml")
     with open(toml, "w", encoding="utf-8") as f:
         f.write(f'[fabric]\nbuilder = "fat_tree"\nhosts = {hosts}\nk = {k}\nhost = "server"\n'
-                f'link_gbps = 100\n\n[traffic]\npattern = "htsim"\nfile = "{path}"\n\n'
-                f'[run]\nengine = "packet"\nsample_us = 0\n\n[packet]\nmtu_bytes = 4064\n'
-                f'hdr_bytes = 64\n')
+                f'link_gbps = 100\n\n[traffic]\npattern = "htsim"\nfile = "{fname}"\n\n'
+                f'[run]\nengine = "packet"\nsample_us = 0\n\n[packet]\n'
+                f'mtu_bytes = {PARAMS.mtu_bytes}\nhdr_bytes = {PARAMS.hdr_bytes}\n')
     cmd = [sys.executable, "-m", "fabricsim", "run", toml, "--out", os.path.join(directory, name)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -661,13 +661,18 @@ def _output_dir(out: str) -> list:
 def _progress(points: list, quiet: bool):
     """``progress(done, total, row)`` for :func:`run_study` on stderr: a line updated in place
     (carriage returns) on a terminal, one line per finished point otherwise (a log file); nothing
-    with ``quiet``. Returns the callback and a function that ends the output."""
+    with ``quiet``. Returns that callback, the within-a-point one (``point_progress`` of
+    :func:`run_study`) and a function that ends the output."""
     if quiet:
         return None, None, lambda: None
     tty = sys.stderr.isatty()
     varying = _varying([p.to_dict() for p in points])
     t0 = time.monotonic()
-    state = {"done": 0, "shown": time.monotonic(), "point_t0": time.monotonic()}
+    state = {"done": 0, "shown": t0, "point_t0": t0}
+
+    def show(text):
+        sys.stderr.write(f"\r\x1b[K  {text}" if tty else f"  {text}\n")
+        sys.stderr.flush()
 
     def progress(done, total, row):
         state.update(done=done, point_t0=time.monotonic())
@@ -675,8 +680,7 @@ def _progress(points: list, quiet: bool):
         case = _case(row, varying)
         text = (f"{done}/{total} points, {row['model']} {row['fabric']} {row['link_gbps']:g} Gbps"
                 f"{' ' + case if case else ''}: {row['iteration_time_s']:.3f} s; ETA {eta:.0f} s")
-        sys.stderr.write(f"\r\x1b[K  {text}" if tty else f"  {text}\n")
-        sys.stderr.flush()
+        show(text)
 
     def within(tasks_done, tasks, sim_ps):
         """The running point (one worker): its tasks and simulated time, every second on a
@@ -689,8 +693,7 @@ def _progress(points: list, quiet: bool):
         text = (f"point {state['done'] + 1}/{len(points)} ({point.model} {point.fabric}): "
                 f"{tasks_done:,}/{tasks:,} tasks, {sim_ps / 1e12:.3f} s simulated, "
                 f"{now - state['point_t0']:.0f} s")
-        sys.stderr.write(f"\r\x1b[K  {text}" if tty else f"  {text}\n")
-        sys.stderr.flush()
+        show(text)
 
     def close():
         if tty:
