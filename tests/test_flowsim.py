@@ -314,6 +314,21 @@ def test_exact_engine_matches_fluid_reference(case):
                                    atol=len(routes) * max_cap / (8.0 * PS_PER_S) + 1e-9)
 
 
+@settings(max_examples=200)
+@given(fluid_cases())
+def test_bottleneck_local_resolve_matches_the_plain_one_on_random_cases(case):
+    """The bottleneck-local re-solve (kept only when certified) against every re-solve covering
+    the upper component (``local_resolve=False``): the same allocation, so the same finishes."""
+    routes, capacity, size, start, events = case
+    plain = run(routes, capacity, size, start, events, tolerance=0.0, local_resolve=False)
+    local = run(routes, capacity, size, start, events, tolerance=0.0)
+    atol = finish_atol(capacity, events, start, np.asarray(plain.finish_ps, float))
+    assume(not finishes_near_a_link_down(events, np.asarray(plain.finish_ps, float), atol))
+    assert local.status == plain.status
+    np.testing.assert_array_equal(local.finish_ps >= 0, plain.finish_ps >= 0)
+    np.testing.assert_allclose(local.finish_ps, plain.finish_ps, rtol=1e-9, atol=atol)
+
+
 @settings(max_examples=150)
 @given(fluid_cases(capacity_events=False, zero_capacity=False))
 def test_default_tolerance_stays_close_to_the_reference(case):
