@@ -448,7 +448,7 @@ def _bottleneck_component(st, n_set):
     saturated links, to the flows at that link's top normalized rate (the flows bottlenecked there,
     which give or take whatever the set's flows take or give on that link). Links that are not
     saturated are crossed by no flow's bottleneck and stop the search. Every link of the set ends
-    up marked in ``link_buf[:n_links]``; returns ``(n_set, n_links)``. Usually far smaller than
+    up marked in ``link_buf[:n_links]``. Returns ``(n_set, n_links)``. Usually far smaller than
     :func:`_upper_component`'s set; :func:`_solve_certified` checks that it sufficed.
     """
     head = 0
@@ -482,9 +482,12 @@ def _certified_flow(st, f):
 def _solve_certified(st, n_first, n_set, n_links, now):
     """Re-solve ``set_buf[:n_set]`` with every other flow fixed and keep the result only if it
     is max-min fair for the whole fabric, i.e. every flow whose certificate could have changed
-    still has a bottleneck (Bertsekas & Gallager): the set's flows, and the other flows of each
-    link of the set that lost its saturation or whose top normalized rate rose. Flows of no link
-    of the set kept their rates and their links' state, hence their certificates.
+    still has a bottleneck (Bertsekas & Gallager): the set's flows, and the other flows at the old
+    top of each link of the set that lost its saturation or whose top normalized rate rose (the
+    flows that link certified). Flows of no link of the set kept their rates and their links'
+    state, hence their certificates. What the others leave on a link is its load less the set's
+    rates (no scan of its flows); the top normalized rate outside the set is the link's old top
+    when the set's flows were all below it, else found by a scan of the link's flows.
 
     Kept: the set is emptied, the links refreshed, changed finishes predicted; returns True.
     Not kept: rates and link state are restored exactly as on entry, the links unmarked and only
@@ -496,22 +499,30 @@ def _solve_certified(st, n_first, n_set, n_links, now):
         st.link_mark[l] = False
         st.prev_load[l] = st.load_bps[l]
         st.prev_top[l] = st.maxnorm[l]
-        other = 0.0
+        st.other_bps[l] = st.load_bps[l]
+        st.resid_bps[l] = 0.0  # here: the set's top normalized rate on the link
+    for a in range(n_set):  # what the others leave: each link's load less the set's rates
+        f = flows[a]
+        _settle_flow(st.rem_bytes, st.rate_bps, st.t_upd_ps, f, now)
+        st.old_rate[a] = st.rate_bps[f]
+        norm = st.rate_bps[f] / st.weight[f]
+        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
+            l = st.route_links[p]
+            st.other_bps[l] -= st.rate_bps[f]
+            if norm > st.resid_bps[l]:
+                st.resid_bps[l] = norm
+    for m in range(n_links):  # the others' top: the old one, unless the set may have held it
+        l = st.link_buf[m]    # (then scan for it)
+        if st.resid_bps[l] < st.maxnorm[l] * (1.0 - CERT_TOL):
+            st.other_top[l] = st.maxnorm[l]
+            continue
         top = 0.0
         base = st.lf_ptr[l]
         for q in range(base, base + st.n_act[l]):
             g = st.entry_flow[st.lf_act[q]]
-            if not st.in_set[g]:
-                other += st.rate_bps[g]
-                norm = st.rate_bps[g] / st.weight[g]
-                if norm > top:
-                    top = norm
-        st.other_bps[l] = other
+            if not st.in_set[g] and st.rate_bps[g] / st.weight[g] > top:
+                top = st.rate_bps[g] / st.weight[g]
         st.other_top[l] = top
-    for a in range(n_set):
-        f = flows[a]
-        _settle_flow(st.rem_bytes, st.rate_bps, st.t_upd_ps, f, now)
-        st.old_rate[a] = st.rate_bps[f]
     for m in range(n_links):
         l = st.link_buf[m]
         st.resid_bps[l] = st.capacity_bps[l] - st.other_bps[l]
@@ -544,10 +555,13 @@ def _solve_certified(st, n_first, n_set, n_links, now):
         floor = st.capacity_bps[l] * (1.0 - CERT_TOL)
         if st.maxnorm[l] <= st.prev_top[l] and (st.load_bps[l] >= floor or st.prev_load[l] < floor):
             continue
+        # only the flows this link certified (at its old top) can have lost their bottleneck here
+        cut = st.prev_top[l] * (1.0 - CERT_TOL)
         base = st.lf_ptr[l]
         for q in range(base, base + st.n_act[l]):
             g = st.entry_flow[st.lf_act[q]]
-            if not st.in_set[g] and not _certified_flow(st, g):
+            if (not st.in_set[g] and st.rate_bps[g] / st.weight[g] >= cut
+                    and not _certified_flow(st, g)):
                 ok = False
                 break
     if not ok:
