@@ -24,10 +24,11 @@ saturated link on which its normalized rate (rate / weight) is the largest, or i
   set reached that way (:func:`_bottleneck_component`, usually a fraction of the upper
   component), solved with every other flow fixed, and keeps the result only if it is provably
   max-min: every flow whose certificate could have changed still has its bottleneck
-  (:func:`_solve_certified`). Otherwise everything is restored and the upper component is solved.
-  Either way the allocation is max-min fair; the counters ``clock[C_LOCAL_TRIES]`` and
-  ``clock[C_LOCAL_FAILS]`` tell how often the first attempt sufficed, and ``clock[C_LOCAL_OFF] = 1``
-  skips it (for comparisons).
+  (:func:`_solve_certified`). Otherwise everything is restored, the flows found without a
+  bottleneck (and those they must make room for) join the set, and the attempt is repeated, up to
+  ``LOCAL_ROUNDS`` times in all, before the upper component is solved.
+  Either way the allocation is max-min fair; ``clock[C_LOCAL_TRIES]`` counts the attempts and
+  ``clock[C_LOCAL_FAILS]`` those not kept; ``clock[C_LOCAL_OFF] = 1`` skips them (comparisons).
 
 Arrivals and capacity changes re-solve exactly at once. A departure whose neighbours lose their
 certificate re-solves exactly at once when ``tolerance == 0``; with ``tolerance > 0`` the
@@ -77,6 +78,7 @@ INF_PS = np.iinfo(np.int64).max
 HORIZON_PS = 9 * 10**18
 CERT_TOL = 1e-9
 MAX_ROUNDS = 4
+LOCAL_ROUNDS = 2  # bottleneck-local attempts of a re-solve before the upper component
 PS_PER_S = 1e12
 
 # clock[] indices
@@ -479,7 +481,7 @@ def _certified_flow(st, f):
 
 
 @njit(refcount=False)
-def _solve_certified(st, n_first, n_set, n_links, now):
+def _solve_certified(st, n_set, n_links, now):
     """Re-solve ``set_buf[:n_set]`` with every other flow fixed and keep the result only if it
     is max-min fair for the whole fabric, i.e. every flow whose certificate could have changed
     still has a bottleneck (Bertsekas & Gallager): the set's flows, and the other flows at the old
@@ -489,9 +491,11 @@ def _solve_certified(st, n_first, n_set, n_links, now):
     rates (no scan of its flows); the top normalized rate outside the set is the link's old top
     when the set's flows were all below it, else found by a scan of the link's flows.
 
-    Kept: the set is emptied, the links refreshed, changed finishes predicted; returns True.
-    Not kept: rates and link state are restored exactly as on entry, the links unmarked and only
-    ``set_buf[:n_first]`` left flagged (for :func:`_upper_component`); returns False.
+    Kept: the set is emptied, the links refreshed, changed finishes predicted; returns 0.
+    Not kept: rates and link state are restored exactly as on entry and the links unmarked; the
+    flows found without a bottleneck outside the set, and those above a set flow left without
+    one on its saturated links, are appended to the set (flagged): returns the new set size
+    ``n > n_set`` to try again with, or ``-n_set`` when nothing was found to add.
     """
     flows = st.set_buf[:n_set]
     for m in range(n_links):
@@ -543,14 +547,25 @@ def _solve_certified(st, n_first, n_set, n_links, now):
             if norm > st.maxnorm[l]:
                 st.maxnorm[l] = norm
     st.clock[C_LOCAL_TRIES] += 1
+    n_more = n_set  # flows found to need a re-solve too are appended to the set
     ok = True
     for a in range(n_set):
-        if not _certified_flow(st, flows[a]):
-            ok = False
-            break
+        f = st.set_buf[a]
+        if _certified_flow(st, f):
+            continue
+        ok = False
+        # f has no bottleneck: the flows above it on its saturated links must make room
+        cut = st.rate_bps[f] / st.weight[f] * (1.0 + CERT_TOL)
+        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
+            l = st.route_links[p]
+            if st.load_bps[l] < st.capacity_bps[l] * (1.0 - CERT_TOL):
+                continue
+            base = st.lf_ptr[l]
+            for q in range(base, base + st.n_act[l]):
+                g = st.entry_flow[st.lf_act[q]]
+                if st.rate_bps[g] / st.weight[g] > cut:
+                    n_more = _push_unique(st.in_set, st.set_buf, g, n_more)
     for m in range(n_links):
-        if not ok:
-            break
         l = st.link_buf[m]
         floor = st.capacity_bps[l] * (1.0 - CERT_TOL)
         if st.maxnorm[l] <= st.prev_top[l] and (st.load_bps[l] >= floor or st.prev_load[l] < floor):
@@ -562,19 +577,16 @@ def _solve_certified(st, n_first, n_set, n_links, now):
             g = st.entry_flow[st.lf_act[q]]
             if (not st.in_set[g] and st.rate_bps[g] / st.weight[g] >= cut
                     and not _certified_flow(st, g)):
-                ok = False
-                break
-    if not ok:
+                n_more = _push_unique(st.in_set, st.set_buf, g, n_more)
+    if not ok or n_more > n_set:
         st.clock[C_LOCAL_FAILS] += 1
         for a in range(n_set):
-            st.rate_bps[flows[a]] = st.old_rate[a]
-            if a >= n_first:
-                st.in_set[flows[a]] = False
+            st.rate_bps[st.set_buf[a]] = st.old_rate[a]
         for m in range(n_links):
             l = st.link_buf[m]
             st.load_bps[l] = st.prev_load[l]
             st.maxnorm[l] = st.prev_top[l]
-        return False
+        return n_more if n_more > n_set else -n_more
     for a in range(n_set):
         f = flows[a]
         st.in_set[f] = False
@@ -583,7 +595,7 @@ def _solve_certified(st, n_first, n_set, n_links, now):
             heap_update(st.heap, st.heap_pos, st.clock[C_HEAP_SIZE], st.fin_key, f)
     st.clock[C_SOLVES] += 1
     st.clock[C_SOLVED_FLOWS] += n_set
-    return True
+    return 0
 
 
 @njit(refcount=False)
@@ -872,9 +884,15 @@ def advance(st, until_ps, max_events, tolerance):
         if n_set:
             n_first = n_set
             kept = False
-            if not clock[C_LOCAL_OFF]:
-                n_set, n_links = _bottleneck_component(st, n_set)
-                kept = _solve_certified(st, n_first, n_set, n_links, t)
+            n_try = n_set
+            for _ in range(LOCAL_ROUNDS * (1 - clock[C_LOCAL_OFF])):
+                n_set, n_links = _bottleneck_component(st, n_try)
+                n_try = _solve_certified(st, n_set, n_links, t)
+                kept = n_try == 0
+                if n_try <= 0:
+                    break
             if not kept:
+                for a in range(n_first, abs(n_try)):
+                    st.in_set[st.set_buf[a]] = False
                 n_set, n_links = _upper_component(st, n_first, theta)
                 _solve_set(st, n_set, n_links, t)
