@@ -353,6 +353,63 @@ def _push_unique(flag, buf, i, n):
 # ------------------------------------------------------------------------------------------
 
 @njit(refcount=False)
+def _grow_set(st, n_set, theta, by_level):
+    """Breadth-first from the flows already in the set, through links (each link scanned once,
+    ``link_mark``; every link of the set ends up marked in ``link_buf[:n_links]``) and through
+    the flows each link passes on: with ``by_level``, those at or above the level ``theta``
+    (:func:`_upper_component`); otherwise, on a saturated link only, those at its top normalized
+    rate (:func:`_bottleneck_component`). Returns ``(n_set, n_links)``."""
+    head = 0
+    n_seen = 0
+    while head < n_set:
+        f = st.set_buf[head]
+        head += 1
+        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
+            l = st.route_links[p]
+            if st.link_mark[l]:
+                continue
+            n_seen = _push_unique(st.link_mark, st.link_buf, l, n_seen)
+            if by_level:
+                n_set = _pass_on_by_level(st, l, theta * (1.0 - CERT_TOL), n_set)
+            elif st.load_bps[l] >= st.capacity_bps[l] * (1.0 - CERT_TOL):
+                n_set = _pass_on_top(st, l, n_set)
+    return n_set, n_seen
+
+
+@njit(inline="always")
+def _pass_on_by_level(st, l, cut, n_set):
+    """Add link ``l``'s flows at normalized rate >= ``cut`` to the set; record what the others
+    keep on it (``other_bps``, ``other_top``)."""
+    other = 0.0
+    top = 0.0
+    base = st.lf_ptr[l]
+    for q in range(base, base + st.n_act[l]):
+        g = st.entry_flow[st.lf_act[q]]
+        norm = st.rate_bps[g] / st.weight[g]
+        if st.in_set[g] or norm >= cut:
+            n_set = _push_unique(st.in_set, st.set_buf, g, n_set)
+        else:
+            other += st.rate_bps[g]
+            if norm > top:
+                top = norm
+    st.other_bps[l] = other
+    st.other_top[l] = top
+    return n_set
+
+
+@njit(inline="always")
+def _pass_on_top(st, l, n_set):
+    """Add link ``l``'s flows at its top normalized rate to the set."""
+    cut = st.maxnorm[l] * (1.0 - CERT_TOL)
+    base = st.lf_ptr[l]
+    for q in range(base, base + st.n_act[l]):
+        g = st.entry_flow[st.lf_act[q]]
+        if st.rate_bps[g] / st.weight[g] >= cut:
+            n_set = _push_unique(st.in_set, st.set_buf, g, n_set)
+    return n_set
+
+
+@njit(inline="always")
 def _upper_component(st, n_set, theta):
     """Extend the set with every active flow of normalized rate >= ``theta`` connected to it.
 
@@ -364,32 +421,7 @@ def _upper_component(st, n_set, theta):
     The scanned links (every link of the set) stay marked in ``link_buf[:n_links]``.
     Returns ``(n_set, n_links)``.
     """
-    cut = theta * (1.0 - CERT_TOL)
-    head = 0
-    n_seen = 0
-    while head < n_set:
-        f = st.set_buf[head]
-        head += 1
-        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
-            l = st.route_links[p]
-            if st.link_mark[l]:
-                continue
-            n_seen = _push_unique(st.link_mark, st.link_buf, l, n_seen)
-            other = 0.0
-            top = 0.0
-            base = st.lf_ptr[l]
-            for q in range(base, base + st.n_act[l]):
-                g = st.entry_flow[st.lf_act[q]]
-                norm = st.rate_bps[g] / st.weight[g]
-                if st.in_set[g] or norm >= cut:
-                    n_set = _push_unique(st.in_set, st.set_buf, g, n_set)
-                else:
-                    other += st.rate_bps[g]
-                    if norm > top:
-                        top = norm
-            st.other_bps[l] = other
-            st.other_top[l] = top
-    return n_set, n_seen
+    return _grow_set(st, n_set, theta, True)
 
 
 @njit(refcount=False)
@@ -405,17 +437,12 @@ def _settle_and_mark(st, n_set, now):
     return n_marked
 
 
-@njit(refcount=False)
-def _solve_set(st, n_set, n_links, now):
-    """Re-solve the flows in ``set_buf[:n_set]`` on the capacity the other active flows leave
-    (``other_bps`` of the links ``link_buf[:n_links]``, from :func:`_upper_component`), refresh
-    those links (carried bytes, load, top rate) and the flows' predicted finishes, and empty the
-    set."""
-    flows = st.set_buf[:n_set]
-    for a in range(n_set):
-        f = flows[a]
-        _settle_flow(st.rem_bytes, st.rate_bps, st.t_upd_ps, f, now)
-        st.old_rate[a] = st.rate_bps[f]
+@njit(inline="always")
+def _fill_set(st, flows, n_links, now):
+    """Max-min rates for ``flows`` on the capacity the other flows leave (``other_bps`` of the
+    links ``link_buf[:n_links]``, every link of the set), then each of those links unmarked, its
+    carried bytes settled and its load and top normalized rate set to the others' (``other_bps``,
+    ``other_top``) plus the set's."""
     for m in range(n_links):
         l = st.link_buf[m]
         st.resid_bps[l] = st.capacity_bps[l] - st.other_bps[l]
@@ -427,7 +454,7 @@ def _solve_set(st, n_set, n_links, now):
         _settle_link(st.bytes_acc, st.load_bps, st.t_link_ps, l, now)
         st.load_bps[l] = st.other_bps[l]
         st.maxnorm[l] = st.other_top[l]
-    for a in range(n_set):
+    for a in range(flows.shape[0]):
         f = flows[a]
         r = st.rate_bps[f]
         norm = r / st.weight[f]
@@ -436,15 +463,39 @@ def _solve_set(st, n_set, n_links, now):
             st.load_bps[l] += r
             if norm > st.maxnorm[l]:
                 st.maxnorm[l] = norm
+
+
+@njit(inline="always")
+def _keep_rates(st, flows, now):
+    """Finish a kept re-solve of ``flows``: clear their set flags and predict the finish of each
+    whose rate changed (``old_rate[a]``: the rate of ``flows[a]`` before; an unchanged rate keeps
+    its predicted finish and heap place)."""
+    for a in range(flows.shape[0]):
+        f = flows[a]
         st.in_set[f] = False
-        if r != st.old_rate[a]:  # an unchanged rate keeps its predicted finish (and heap place)
+        if st.rate_bps[f] != st.old_rate[a]:
             st.fin_key[f] = _predict(st.rem_bytes, st.rate_bps, f, now)
             heap_update(st.heap, st.heap_pos, st.clock[C_HEAP_SIZE], st.fin_key, f)
     st.clock[C_SOLVES] += 1
-    st.clock[C_SOLVED_FLOWS] += n_set
+    st.clock[C_SOLVED_FLOWS] += flows.shape[0]
 
 
 @njit(refcount=False)
+def _solve_set(st, n_set, n_links, now):
+    """Re-solve the flows in ``set_buf[:n_set]`` on the capacity the other active flows leave
+    (``other_bps`` of the links ``link_buf[:n_links]``, from :func:`_upper_component`), refresh
+    those links (carried bytes, load, top rate) and the flows' predicted finishes, and empty the
+    set."""
+    flows = st.set_buf[:n_set]
+    for a in range(n_set):
+        f = flows[a]
+        _settle_flow(st.rem_bytes, st.rate_bps, st.t_upd_ps, f, now)
+        st.old_rate[a] = st.rate_bps[f]
+    _fill_set(st, flows, n_links, now)
+    _keep_rates(st, flows, now)
+
+
+@njit(inline="always")
 def _bottleneck_component(st, n_set):
     """Extend the set along the bottleneck structure: from each flow in it, through each of its
     saturated links, to the flows at that link's top normalized rate (the flows bottlenecked there,
@@ -453,25 +504,7 @@ def _bottleneck_component(st, n_set):
     up marked in ``link_buf[:n_links]``. Returns ``(n_set, n_links)``. Usually far smaller than
     :func:`_upper_component`'s set; :func:`_solve_certified` checks that it sufficed.
     """
-    head = 0
-    n_seen = 0
-    while head < n_set:
-        f = st.set_buf[head]
-        head += 1
-        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
-            l = st.route_links[p]
-            if st.link_mark[l]:
-                continue
-            n_seen = _push_unique(st.link_mark, st.link_buf, l, n_seen)
-            if st.load_bps[l] < st.capacity_bps[l] * (1.0 - CERT_TOL):
-                continue
-            cut = st.maxnorm[l] * (1.0 - CERT_TOL)
-            base = st.lf_ptr[l]
-            for q in range(base, base + st.n_act[l]):
-                g = st.entry_flow[st.lf_act[q]]
-                if st.rate_bps[g] / st.weight[g] >= cut:
-                    n_set = _push_unique(st.in_set, st.set_buf, g, n_set)
-    return n_set, n_seen
+    return _grow_set(st, n_set, 0.0, False)
 
 
 @njit(inline="always")
@@ -500,7 +533,6 @@ def _solve_certified(st, n_set, n_links, now):
     flows = st.set_buf[:n_set]
     for m in range(n_links):
         l = st.link_buf[m]
-        st.link_mark[l] = False
         st.prev_load[l] = st.load_bps[l]
         st.prev_top[l] = st.maxnorm[l]
         st.other_bps[l] = st.load_bps[l]
@@ -527,25 +559,7 @@ def _solve_certified(st, n_set, n_links, now):
             if not st.in_set[g] and st.rate_bps[g] / st.weight[g] > top:
                 top = st.rate_bps[g] / st.weight[g]
         st.other_top[l] = top
-    for m in range(n_links):
-        l = st.link_buf[m]
-        st.resid_bps[l] = st.capacity_bps[l] - st.other_bps[l]
-    fill_subset(flows, st.route_ptr, st.route_links, st.resid_bps, st.weight, st.rate_cap_bps,
-                st.link_local, st.rate_bps)
-    for m in range(n_links):
-        l = st.link_buf[m]
-        _settle_link(st.bytes_acc, st.load_bps, st.t_link_ps, l, now)
-        st.load_bps[l] = st.other_bps[l]
-        st.maxnorm[l] = st.other_top[l]
-    for a in range(n_set):
-        f = flows[a]
-        r = st.rate_bps[f]
-        norm = r / st.weight[f]
-        for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
-            l = st.route_links[p]
-            st.load_bps[l] += r
-            if norm > st.maxnorm[l]:
-                st.maxnorm[l] = norm
+    _fill_set(st, flows, n_links, now)
     st.clock[C_LOCAL_TRIES] += 1
     n_more = n_set  # flows found to need a re-solve too are appended to the set
     ok = True
@@ -587,14 +601,7 @@ def _solve_certified(st, n_set, n_links, now):
             st.load_bps[l] = st.prev_load[l]
             st.maxnorm[l] = st.prev_top[l]
         return n_more if n_more > n_set else -n_more
-    for a in range(n_set):
-        f = flows[a]
-        st.in_set[f] = False
-        if st.rate_bps[f] != st.old_rate[a]:
-            st.fin_key[f] = _predict(st.rem_bytes, st.rate_bps, f, now)
-            heap_update(st.heap, st.heap_pos, st.clock[C_HEAP_SIZE], st.fin_key, f)
-    st.clock[C_SOLVES] += 1
-    st.clock[C_SOLVED_FLOWS] += n_set
+    _keep_rates(st, flows, now)
     return 0
 
 
