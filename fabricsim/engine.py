@@ -300,12 +300,12 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
                     on_flows: Callable | None = None, on_links: Callable | None = None,
                     sample_ps: int | None = None,
                     progress: Callable[[int, int, int], None] | None = None,
-                    local_resolve: bool = True) -> EngineOutput:
+                    bottleneck_first: bool = True) -> EngineOutput:
     """Run the flow-level engine on validated arrays.
 
-    ``local_resolve=False`` skips the bottleneck-local attempt of each re-solve (see
+    ``bottleneck_first=False`` skips the bottleneck-local attempt of each re-solve (see
     :mod:`fabricsim.kernels.flowsim`): the same max-min rates, computed the slower way (for
-    comparisons).
+    comparisons); ``stats`` counts the attempts (``bottleneck_tries``, ``bottleneck_fails``).
 
     ``on_flows(flow_ids, finish_ps, start_ps)`` receives each slice's completed flows;
     ``on_links(time_ps, bytes_in_interval)`` receives, every ``sample_ps`` until the last flow
@@ -323,7 +323,7 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
                            np.ascontiguousarray(capacity_bps, dtype=np.float64),
                            events.time_ps, events.link, events.capacity_bps, weight, rate_cap_bps,
                            None if triggers is None else triggers.arrays())
-    st.clock[flowsim.C_LOCAL_OFF] = not local_resolve
+    st.clock[flowsim.C_BN_OFF] = not bottleneck_first
     n_flows = route_ptr.shape[0] - 1
     horizon = flowsim.INF_PS if until_ps is None else int(until_ps)
     sampling = on_links is not None and sample_ps
@@ -360,7 +360,8 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
     c = st.clock
     stats = dict(events=int(c[flowsim.C_EVENTS]), exact_solves=int(c[flowsim.C_SOLVES]),
                  solved_flows=int(c[flowsim.C_SOLVED_FLOWS]), local_solves=int(c[flowsim.C_LOCAL_SOLVES]),
-                 wall_s=time.perf_counter() - t0, tolerance=float(tolerance))
+                 bottleneck_tries=int(c[flowsim.C_BN_TRIES]),
+                 bottleneck_fails=int(c[flowsim.C_BN_FAILS]), wall_s=time.perf_counter() - t0, tolerance=float(tolerance))
     return EngineOutput(st.finish_ps.copy(), st.bytes_acc.copy(), status, end_ps, stats,
                         start_ps=st.start_ps.copy())
 
@@ -382,13 +383,13 @@ class FlowSession:
     All flows are declared up front with their routes and sizes and stay pending until
     :meth:`start` schedules them; :meth:`set_capacity` changes link capacities; :meth:`advance`
     runs the engine up to a time and returns the flows that finished. Starting flows at the times
-    a batch run would give them yields bit-identical completions. ``local_resolve`` as in
+    a batch run would give them yields bit-identical completions. ``bottleneck_first`` as in
     :func:`run_flow_engine`.
     """
 
     def __init__(self, route_ptr, route_links, capacity_bps, size_bytes, *,
                  tolerance: float = DEFAULT_TOLERANCE, weight=None, flow_group=None,
-                 local_resolve: bool = True):
+                 bottleneck_first: bool = True):
         if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
             raise ConfigError("tolerance", f"must be a number >= 0, got {tolerance!r}")
         n = route_ptr.shape[0] - 1
@@ -399,7 +400,7 @@ class FlowSession:
                                     empty, empty, np.zeros(0), weight, None, None,
                                     flow_group=None if flow_group is None
                                     else np.asarray(flow_group, np.int64))
-        self.st.clock[flowsim.C_LOCAL_OFF] = not local_resolve
+        self.st.clock[flowsim.C_BN_OFF] = not bottleneck_first
         self.groups_reported = 0
         self.tolerance = float(tolerance)
         self.n_reported = 0
@@ -485,12 +486,13 @@ class FlowSession:
 
     def stats(self) -> dict:
         """Kernel counters: event times run, exact re-solves and the flows they covered, and the
-        bottleneck-local attempts (``local_tries``) of which ``local_fails`` were not kept."""
+        bottleneck-local attempts (``bottleneck_tries``), of which ``bottleneck_fails`` were not
+        kept."""
         clock = self.st.clock
         return {"events": int(clock[flowsim.C_EVENTS]), "solves": int(clock[flowsim.C_SOLVES]),
                 "solved_flows": int(clock[flowsim.C_SOLVED_FLOWS]),
-                "local_tries": int(clock[flowsim.C_LOCAL_TRIES]),
-                "local_fails": int(clock[flowsim.C_LOCAL_FAILS])}
+                "bottleneck_tries": int(clock[flowsim.C_BN_TRIES]),
+                "bottleneck_fails": int(clock[flowsim.C_BN_FAILS])}
 
 
 def _next_time(st) -> int:

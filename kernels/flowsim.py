@@ -26,9 +26,9 @@ saturated link on which its normalized rate (rate / weight) is the largest, or i
   max-min: every flow whose certificate could have changed still has its bottleneck
   (:func:`_solve_certified`). Otherwise everything is restored, the flows found without a
   bottleneck (and those they must make room for) join the set, and the attempt is repeated, up to
-  ``LOCAL_ROUNDS`` times in all, before the upper component is solved.
-  Either way the allocation is max-min fair; ``clock[C_LOCAL_TRIES]`` counts the attempts and
-  ``clock[C_LOCAL_FAILS]`` those not kept; ``clock[C_LOCAL_OFF] = 1`` skips them (comparisons).
+  ``BN_ROUNDS`` times in all, before the upper component is solved.
+  Either way the allocation is max-min fair; ``clock[C_BN_TRIES]`` counts the attempts and
+  ``clock[C_BN_FAILS]`` those not kept; ``clock[C_BN_OFF] = 1`` skips them (comparisons).
 
 Arrivals and capacity changes re-solve exactly at once. A departure whose neighbours lose their
 certificate re-solves exactly at once when ``tolerance == 0``; with ``tolerance > 0`` the
@@ -78,7 +78,7 @@ INF_PS = np.iinfo(np.int64).max
 HORIZON_PS = 9 * 10**18
 CERT_TOL = 1e-9
 MAX_ROUNDS = 4
-LOCAL_ROUNDS = 2  # bottleneck-local attempts of a re-solve before the upper component
+BN_ROUNDS = 2  # bottleneck-local attempts of a re-solve before the upper component
 PS_PER_S = 1e12
 
 # clock[] indices
@@ -86,8 +86,8 @@ C_NOW, C_NEXT_ARRIVAL, C_NEXT_EVENT, C_HEAP_SIZE, C_N_DONE, C_N_ACTIVE = 0, 1, 2
 C_EVENTS, C_SOLVES, C_SOLVED_FLOWS, C_N_DIRTY, C_RESOLVE_AT, C_LOCAL_SOLVES = 6, 7, 8, 9, 10, 11
 C_EXT_AT, C_N_EXT_FLOWS, C_N_EXT_CAPS = 12, 13, 14  # injected arrivals / capacity changes
 C_N_GROUPS_DONE, C_STOP_ON_GROUP = 15, 16  # completed flow groups; advance() stops after one
-C_LOCAL_TRIES, C_LOCAL_FAILS = 17, 18  # bottleneck-local re-solves tried / not certified
-C_LOCAL_OFF = 19  # 1: skip the bottleneck-local attempt (every re-solve covers the upper component)
+C_BN_TRIES, C_BN_FAILS = 17, 18  # bottleneck-local re-solves tried / not certified
+C_BN_OFF = 19  # 1: skip the bottleneck-local attempt (every re-solve covers the upper component)
 
 # advance() return codes
 DONE, PAUSED, DEADLOCK = 0, 1, 2
@@ -549,6 +549,8 @@ def _solve_certified(st, n_set, n_links, now):
                 st.resid_bps[l] = norm
     for m in range(n_links):  # the others' top: the old one, unless the set may have held it
         l = st.link_buf[m]    # (then scan for it)
+        if st.other_bps[l] < 0.0:  # rounding when the set holds all of it: exactly nothing left
+            st.other_bps[l] = 0.0
         if st.resid_bps[l] < st.maxnorm[l] * (1.0 - CERT_TOL):
             st.other_top[l] = st.maxnorm[l]
             continue
@@ -560,7 +562,7 @@ def _solve_certified(st, n_set, n_links, now):
                 top = st.rate_bps[g] / st.weight[g]
         st.other_top[l] = top
     _fill_set(st, flows, n_links, now)
-    st.clock[C_LOCAL_TRIES] += 1
+    st.clock[C_BN_TRIES] += 1
     n_more = n_set  # flows found to need a re-solve too are appended to the set
     ok = True
     for a in range(n_set):
@@ -593,7 +595,7 @@ def _solve_certified(st, n_set, n_links, now):
                     and not _certified_flow(st, g)):
                 n_more = _push_unique(st.in_set, st.set_buf, g, n_more)
     if not ok or n_more > n_set:
-        st.clock[C_LOCAL_FAILS] += 1
+        st.clock[C_BN_FAILS] += 1
         for a in range(n_set):
             st.rate_bps[st.set_buf[a]] = st.old_rate[a]
         for m in range(n_links):
@@ -892,7 +894,7 @@ def advance(st, until_ps, max_events, tolerance):
             n_first = n_set
             kept = False
             n_try = n_set
-            for _ in range(LOCAL_ROUNDS * (1 - clock[C_LOCAL_OFF])):
+            for _ in range(BN_ROUNDS * (1 - clock[C_BN_OFF])):
                 n_set, n_links = _bottleneck_component(st, n_try)
                 n_try = _solve_certified(st, n_set, n_links, t)
                 kept = n_try == 0

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 import naive
@@ -314,19 +314,46 @@ def test_exact_engine_matches_fluid_reference(case):
                                    atol=len(routes) * max_cap / (8.0 * PS_PER_S) + 1e-9)
 
 
-@settings(max_examples=200)
-@given(fluid_cases())
-def test_bottleneck_local_resolve_matches_the_plain_one_on_random_cases(case):
+@settings(max_examples=300)
+@given(fluid_cases(), st.data())
+def test_bottleneck_first_matches_the_plain_resolve_on_random_cases(case, data):
     """The bottleneck-local re-solve (kept only when certified) against every re-solve covering
-    the upper component (``local_resolve=False``): the same allocation, so the same finishes."""
+    the upper component (``bottleneck_first=False``), with weights, rate caps and the staleness
+    bound: the same allocations, so the same finishes."""
     routes, capacity, size, start, events = case
-    plain = run(routes, capacity, size, start, events, tolerance=0.0, local_resolve=False)
-    local = run(routes, capacity, size, start, events, tolerance=0.0)
-    atol = finish_atol(capacity, events, start, np.asarray(plain.finish_ps, float))
-    assume(not finishes_near_a_link_down(events, np.asarray(plain.finish_ps, float), atol))
+    n = len(routes)
+    weight = np.array(data.draw(st.lists(st.sampled_from([0.5, 1.0, 1.0, 2.0, 3.0]), min_size=n,
+                                         max_size=n)))
+    caps = data.draw(st.lists(st.one_of(st.just(np.inf), st.floats(1e9, 1e11)), min_size=n,
+                              max_size=n))
+    kw = dict(tolerance=data.draw(st.sampled_from([0.0, 0.01])), weight=weight,
+              rate_cap_bps=np.array(caps))
+    plain = run(routes, capacity, size, start, events, bottleneck_first=False, **kw)
+    local = run(routes, capacity, size, start, events, **kw)
+    assert plain.stats["bottleneck_tries"] == 0
+    event(f"bottleneck-local attempts kept: {local.stats['bottleneck_tries'] > local.stats['bottleneck_fails']}")
+    finite_caps = [c for c in caps if c < np.inf]
+    atol = finish_atol(list(capacity) + finite_caps, events, start, plain.finish_ps.astype(float))
+    assume(not finishes_near_a_link_down(events, plain.finish_ps.astype(float), atol))
     assert local.status == plain.status
     np.testing.assert_array_equal(local.finish_ps >= 0, plain.finish_ps >= 0)
     np.testing.assert_allclose(local.finish_ps, plain.finish_ps, rtol=1e-9, atol=atol)
+
+
+def test_bottleneck_first_on_a_link_gone_for_good():
+    """Three flows at different rates share a link that drops to 0 and never returns: the
+    bottleneck-local re-solve (what the others leave = load less the set's rates, clamped at 0)
+    holds them at rate 0 and the run ends in deadlock, as with the plain re-solve."""
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        size = rng.integers(10**6, 10**7, 3)
+        routes = [[0, 1], [0, 2], [0, 3]]
+        c0 = rng.uniform(3e10, 1e11)  # flow 0 held by link 1, the others share the rest of link 0
+        capacity = [c0, rng.uniform(1e9, c0 / 3), 1e12, 1e12]
+        out = run(routes, capacity, size, events=[(1000, 0, 0.0)], tolerance=0.0)
+        assert out.status == "deadlock"
+        np.testing.assert_array_equal(out.finish_ps, [-1, -1, -1])
+        assert out.stats["bottleneck_tries"] > 0
 
 
 @settings(max_examples=150)
