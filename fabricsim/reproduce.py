@@ -136,8 +136,8 @@ def study_points(study: str = "main", *, quick: bool = False, models=None, link_
 
 #: Models that the studies run in ``isolated`` mode unless ``--mode`` says otherwise: DeepSeek-R1's
 #: exact iteration at 1024 GPUs (15 million flows, EP 64) takes far longer than a point should
-#: (one micro-batch of its 16: 132 s with exact max-min, 21 s with a 0.05 staleness bound; all 16:
-#: 43 minutes on the fat-tree at 400 Gbps, 1.0% longer than isolated; benchmarks/README.md E1).
+#: (one micro-batch of its 16: 91 s with exact max-min, 24 s with a 0.05 staleness bound; all 16:
+#: 32 minutes on the fat-tree at 400 Gbps, 1.0% longer than isolated; benchmarks/README.md E1).
 #: The run says so (:func:`isolated_note`).
 ISOLATED_BY_DEFAULT = ("deepseek-r1",)
 
@@ -149,7 +149,7 @@ def isolated_note(points) -> str:
     if not models:
         return ""
     return (f"note         {', '.join(models)} ran in isolated mode (collectives timed alone): "
-            "its exact iteration took 43 minutes on the 1024-GPU fat-tree; --mode exact runs "
+            "its exact iteration took 32 minutes on the 1024-GPU fat-tree; --mode exact runs "
             "it anyway")
 
 
