@@ -166,12 +166,12 @@ def _route_all(fabric, graph, controller, ptr, src, dst, seed):
 
 
 def _session(engine, fabric, route_ptr, route_links, capacity_bps, size, tolerance, packet_params,
-             flow_group=None):
+             flow_group=None, bottleneck_first=True):
     """A step-by-step engine session over the given flows (all pending); ``flow_group`` (the
     task of each flow) lets the session report whole collectives (``advance_groups``)."""
     if engine == "flow":
         return FlowSession(route_ptr, route_links, capacity_bps, size, tolerance=tolerance,
-                           flow_group=flow_group)
+                           flow_group=flow_group, bottleneck_first=bottleneck_first)
     return PacketSession(route_ptr, route_links, fabric.links.reverse, capacity_bps,
                          fabric.links.delay_ps, size, params=packet_params, flow_group=flow_group)
 
@@ -216,11 +216,14 @@ class _Isolated:
 
 def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", controller=None,
                   tolerance: float = 0.0, seed: int = 0, progress=None,
-                  gpu_map=None, engine: str = "flow", packet_params=None) -> IterationResult:
+                  gpu_map=None, engine: str = "flow", packet_params=None,
+                  bottleneck_first: bool = True) -> IterationResult:
     """Execute ``graph`` on ``fabric`` (see the module docstring); ``controller`` is an OCS
     controller for MixNet fabrics (:func:`fabricsim.ocs.controller.make_controller`);
     ``gpu_map`` (``int64[H]``, :func:`fabricsim.failures.gpu_map`) moves failed GPUs' traffic;
-    ``progress(tasks_done, tasks, sim_ps)`` is called as tasks finish (often: throttle it)."""
+    ``progress(tasks_done, tasks, sim_ps)`` is called as tasks finish (often: throttle it);
+    ``bottleneck_first=False``: the flow engine's slower plain re-solve, for comparisons
+    (:class:`fabricsim.engine.FlowSession`)."""
     require(mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     require(engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
     require(isinstance(fabric, Fabric), "fabric", "must be a fabricsim Fabric")
@@ -238,7 +241,8 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
     exact = mode == "exact"
     flow_task = np.repeat(np.arange(n), np.diff(ptr))
     session = _session(engine, fabric, route_ptr, route_links, capacity, size, tolerance,
-                       packet_params, flow_group=flow_task) if exact else None
+                       packet_params, flow_group=flow_task,
+                       bottleneck_first=bottleneck_first) if exact else None
     isolated = None if exact else _Isolated(fabric, route_ptr, route_links, size, tolerance,
                                             engine, packet_params)
     succ_ptr, succ = dag.successors(graph.pred_ptr, graph.pred)

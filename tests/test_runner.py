@@ -66,6 +66,17 @@ def test_deterministic(pipeline_graph):
     assert np.array_equal(a.finish_ps, b.finish_ps)
 
 
+def test_bottleneck_first_gives_the_plain_engine_run(pipeline_graph):
+    """The runner's exact mode with the flow engine's bottleneck-local re-solve (default) and
+    without it (``bottleneck_first=False``): the same task times to the picosecond rounding."""
+    fab = fat_tree(32, 100)
+    local = run_iteration(pipeline_graph, fab, mode="exact")
+    plain = run_iteration(pipeline_graph, fab, mode="exact", bottleneck_first=False)
+    assert local.stats["engine_bottleneck_tries"] > 0 == plain.stats["engine_bottleneck_tries"]
+    assert local.stats["engine_solved_flows"] < plain.stats["engine_solved_flows"]
+    np.testing.assert_allclose(local.finish_ps, plain.finish_ps, rtol=1e-9, atol=100)
+
+
 def mixnet_for(cfg, **kw):
     servers = cfg.gpus // 8
     return mixnet(servers, 100, region_servers=cfg.ep * cfg.tp // 8, **kw)
