@@ -322,8 +322,8 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
     st = flowsim.new_state(route_ptr, route_links, np.array(start_ps, dtype=np.int64), size_bytes,
                            np.ascontiguousarray(capacity_bps, dtype=np.float64),
                            events.time_ps, events.link, events.capacity_bps, weight, rate_cap_bps,
-                           None if triggers is None else triggers.arrays())
-    st.clock[flowsim.C_BN_OFF] = not bottleneck_first
+                           None if triggers is None else triggers.arrays(),
+                           bottleneck_first=bottleneck_first)
     n_flows = route_ptr.shape[0] - 1
     horizon = flowsim.INF_PS if until_ps is None else int(until_ps)
     sampling = on_links is not None and sample_ps
@@ -360,8 +360,8 @@ def run_flow_engine(route_ptr, route_links, capacity_bps, size_bytes, start_ps,
     c = st.clock
     stats = dict(events=int(c[flowsim.C_EVENTS]), exact_solves=int(c[flowsim.C_SOLVES]),
                  solved_flows=int(c[flowsim.C_SOLVED_FLOWS]), local_solves=int(c[flowsim.C_LOCAL_SOLVES]),
-                 bottleneck_tries=int(c[flowsim.C_BN_TRIES]),
-                 bottleneck_fails=int(c[flowsim.C_BN_FAILS]), wall_s=time.perf_counter() - t0, tolerance=float(tolerance))
+                 bottleneck_tries=int(c[flowsim.C_BN_TRIES]), bottleneck_fails=int(c[flowsim.C_BN_FAILS]),
+                 wall_s=time.perf_counter() - t0, tolerance=float(tolerance))
     return EngineOutput(st.finish_ps.copy(), st.bytes_acc.copy(), status, end_ps, stats,
                         start_ps=st.start_ps.copy())
 
@@ -399,8 +399,8 @@ class FlowSession:
                                     np.ascontiguousarray(capacity_bps, dtype=np.float64),
                                     empty, empty, np.zeros(0), weight, None, None,
                                     flow_group=None if flow_group is None
-                                    else np.asarray(flow_group, np.int64))
-        self.st.clock[flowsim.C_BN_OFF] = not bottleneck_first
+                                    else np.asarray(flow_group, np.int64),
+                                    bottleneck_first=bottleneck_first)
         self.groups_reported = 0
         self.tolerance = float(tolerance)
         self.n_reported = 0

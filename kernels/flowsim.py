@@ -156,7 +156,7 @@ class FlowState(NamedTuple):
 
 def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_time_ps, ev_link,
               ev_capacity_bps, weight=None, rate_cap_bps=None, triggers=None,
-              flow_group=None) -> FlowState:
+              flow_group=None, bottleneck_first=True) -> FlowState:
     """Allocate the engine state for validated inputs (see :func:`fabricsim.simulate_flows`).
 
     ``triggers``: ``(trig_kind, trig_need, trig_ptr, trig_targets, flow_trig int64[F, 2])`` (see
@@ -166,7 +166,8 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
     (``n = clock[C_N_GROUPS_DONE]``) lists the done groups in completion order and
     ``group_time_ps[g]`` when; with ``clock[C_STOP_ON_GROUP]`` set, :func:`advance` returns after
     the event time at which a group completes (a driver that waits for whole collectives needs no
-    call per flow completion).
+    call per flow completion). ``bottleneck_first=False`` sets ``clock[C_BN_OFF]`` (see the module
+    docstring).
     """
     n_flows = route_ptr.shape[0] - 1
     n_links = capacity_bps.shape[0]
@@ -190,6 +191,7 @@ def new_state(route_ptr, route_links, start_ps, size_bytes, capacity_bps, ev_tim
     clock = np.zeros(20, np.int64)
     clock[C_RESOLVE_AT] = INF_PS
     clock[C_EXT_AT] = INF_PS
+    clock[C_BN_OFF] = not bottleneck_first
     clock[C_NOW] = int(start_ps[timed].min()) if timed.size else 0
     if ev_time_ps.shape[0]:
         clock[C_NOW] = min(clock[C_NOW], int(ev_time_ps[0]))
@@ -265,16 +267,17 @@ def settle_links(st, now):
 
 
 @njit(inline="always")
-def _certified(route_ptr, route_links, rate_bps, weight, rate_cap_bps, capacity_bps, load_bps, maxnorm, f):
+def _certified(st, f):
     """True when flow ``f`` has a bottleneck: its cap, or a saturated link where it is the largest."""
-    r = rate_bps[f]
-    cap = rate_cap_bps[f]
+    r = st.rate_bps[f]
+    cap = st.rate_cap_bps[f]
     if cap < np.inf and r >= cap * (1.0 - CERT_TOL):
         return True
-    norm = r / weight[f]
-    for p in range(route_ptr[f], route_ptr[f + 1]):
-        l = route_links[p]
-        if load_bps[l] >= capacity_bps[l] * (1.0 - CERT_TOL) and norm >= maxnorm[l] * (1.0 - CERT_TOL):
+    norm = r / st.weight[f]
+    for p in range(st.route_ptr[f], st.route_ptr[f + 1]):
+        l = st.route_links[p]
+        if (st.load_bps[l] >= st.capacity_bps[l] * (1.0 - CERT_TOL)
+                and norm >= st.maxnorm[l] * (1.0 - CERT_TOL)):
             return True
     return False
 
@@ -507,12 +510,6 @@ def _bottleneck_component(st, n_set):
     return _grow_set(st, n_set, 0.0, False)
 
 
-@njit(inline="always")
-def _certified_flow(st, f):
-    return _certified(st.route_ptr, st.route_links, st.rate_bps, st.weight, st.rate_cap_bps,
-                      st.capacity_bps, st.load_bps, st.maxnorm, f)
-
-
 @njit(refcount=False)
 def _solve_certified(st, n_set, n_links, now):
     """Re-solve ``set_buf[:n_set]`` with every other flow fixed and keep the result only if it
@@ -567,7 +564,7 @@ def _solve_certified(st, n_set, n_links, now):
     ok = True
     for a in range(n_set):
         f = st.set_buf[a]
-        if _certified_flow(st, f):
+        if _certified(st, f):
             continue
         ok = False
         # f has no bottleneck: the flows above it on its saturated links must make room
@@ -592,7 +589,7 @@ def _solve_certified(st, n_set, n_links, now):
         for q in range(base, base + st.n_act[l]):
             g = st.entry_flow[st.lf_act[q]]
             if (not st.in_set[g] and st.rate_bps[g] / st.weight[g] >= cut
-                    and not _certified_flow(st, g)):
+                    and not _certified(st, g)):
                 n_more = _push_unique(st.in_set, st.set_buf, g, n_more)
     if not ok or n_more > n_set:
         st.clock[C_BN_FAILS] += 1
@@ -602,7 +599,7 @@ def _solve_certified(st, n_set, n_links, now):
             l = st.link_buf[m]
             st.load_bps[l] = st.prev_load[l]
             st.maxnorm[l] = st.prev_top[l]
-        return n_more if n_more > n_set else -n_more
+        return n_more if n_more > n_set else -n_set
     _keep_rates(st, flows, now)
     return 0
 
@@ -625,9 +622,7 @@ def _check_departure(st, n_marked, level, now, tolerance, age_ps):
         base = st.lf_ptr[l]
         for q in range(base, base + st.n_act[l]):
             f = st.entry_flow[st.lf_act[q]]
-            if st.in_set[f] or _certified(st.route_ptr, st.route_links, st.rate_bps, st.weight,
-                                          st.rate_cap_bps, st.capacity_bps, st.load_bps,
-                                          st.maxnorm, f):
+            if st.in_set[f] or _certified(st, f):
                 continue
             st.clock[C_N_DIRTY] = _push_unique(st.in_dirty, st.dirty_buf, f, st.clock[C_N_DIRTY])
             queued = True
