@@ -430,6 +430,54 @@ class FlowSession:
             raise ValueError("start(): a flow can start only once")
         self._inject(flows, self._no_links, self._no_caps, at_ps)
 
+    def resume(self, flows, remaining_bytes, finished_ps, at_ps: int) -> None:
+        """Take over pending ``flows`` that ran elsewhere until ``at_ps`` (e.g. alone on their
+        links, in a session of their own): a flow with ``finished_ps >= 0`` (no later than
+        ``at_ps``) is recorded as finished then; the others start at ``at_ps`` with
+        ``remaining_bytes`` (float64) left. Their groups count the finished flows as done."""
+        flows = np.asarray(flows, np.int64)
+        finished_ps = np.asarray(finished_ps, np.int64)
+        remaining_bytes = np.asarray(remaining_bytes, np.float64)
+        st = self.st
+        if flows.size and np.any(st.status[flows] != 0):
+            raise ValueError("resume(): a flow can start only once")
+        if np.any(finished_ps > at_ps) or np.any(remaining_bytes[finished_ps < 0] < 0):
+            raise ValueError("resume(): a finish time after at_ps, or negative remaining bytes")
+        done = finished_ps >= 0
+        if done.any():
+            order = np.argsort(finished_ps[done], kind="stable")
+            f_done, t_done = flows[done][order], finished_ps[done][order]
+            st.status[f_done] = 2
+            st.finish_ps[f_done] = t_done
+            st.rem_bytes[f_done] = 0.0
+            n = int(st.clock[flowsim.C_N_DONE])
+            st.done_order[n:n + f_done.size] = f_done
+            st.clock[flowsim.C_N_DONE] = n + f_done.size
+            for f, t in zip(f_done.tolist(), t_done.tolist()):
+                g = st.flow_group[f]
+                if g >= 0:
+                    st.group_left[g] -= 1
+                    if st.group_left[g] == 0:
+                        st.group_done[st.clock[flowsim.C_N_GROUPS_DONE]] = g
+                        st.group_time_ps[g] = t
+                        st.clock[flowsim.C_N_GROUPS_DONE] += 1
+        st.rem_bytes[flows[~done]] = remaining_bytes[~done]
+        self._inject(flows[~done], self._no_links, self._no_caps, at_ps)
+
+    def remaining_bytes(self, at_ps: int) -> np.ndarray:
+        """Bytes each flow has left at ``at_ps`` (no earlier than the last event run, no later
+        than the next), settled as the engine settles them: 0 once finished, the size if pending."""
+        st = self.st
+        rem = st.rem_bytes.copy()
+        active = st.status == 1
+        dt = (int(at_ps) - st.t_upd_ps[active]).astype(np.float64)
+        rem[active] -= st.rate_bps[active] * dt / (8.0 * flowsim.PS_PER_S)
+        return rem
+
+    def links_active(self, links) -> bool:
+        """Whether an active flow crosses one of ``links``."""
+        return bool(np.any(self.st.n_act[links]))
+
     def set_capacity(self, links, capacity_bps, at_ps: int) -> None:
         """Set ``links`` to ``capacity_bps`` at ``at_ps`` (>= the engine's time)."""
         self._inject(self._no_links[:0], np.asarray(links, np.int64),

@@ -12,6 +12,19 @@ Two modes:
 - ``exact`` (default): every flow of the iteration runs in one flow-engine session
   (:class:`fabricsim.engine.FlowSession`), started when its task starts, sharing links max-min
   fairly with everything else in flight.
+
+  *Solo collectives* (flow engine, ``tolerance=0``; ``solo=False`` turns it off). A max-min fair
+  allocation splits over the connected components of the flow-link graph, and the engine's
+  arithmetic for a component depends only on that component's events, so a collective none of
+  whose links carries another flow runs exactly as it would alone, until a flow or a capacity
+  change comes onto one of its links. Such a collective is timed from the isolated memo below
+  (``stats["solo_collectives"]``) and holds its links; when a flow or a capacity change comes onto
+  one of them at ``t``, the collective is run alone up to ``t`` in a session of its own and the
+  shared session takes its flows over from there, finished ones recorded and the others with
+  their remaining bytes (:meth:`fabricsim.engine.FlowSession.resume`;
+  ``stats["solo_taken_over"]``). Task times equal the shared session's to the picosecond rounding
+  of completions (``tests/test_runner.py``); with ``tolerance > 0`` the engine's deferred
+  re-solves couple components through event times, so every flow runs in the session.
 - ``isolated``: each communication task is simulated alone on the idle fabric (with its circuit
   configuration) and then takes that time, memoized over tasks with identical flows and
   circuits. It is exact when communication tasks that overlap in time share no link (one EP group
@@ -181,20 +194,38 @@ class _Isolated:
     flow problems: same routes up to renaming the links, same sizes, same link capacities and
     delays (an engine's completion times depend on nothing else, so a hit is exact)."""
 
-    def __init__(self, fabric, route_ptr, route_links, size, tolerance, engine, packet_params):
+    def __init__(self, fabric, route_ptr, route_links, size, tolerance, engine, packet_params,
+                 bottleneck_first=True):
         self.fabric, self.route_ptr, self.route_links = fabric, route_ptr, route_links
         self.size, self.tolerance = size, tolerance
         self.engine, self.packet_params = engine, packet_params
+        self.bottleneck_first = bottleneck_first
         self.memo = {}
         self.simulated = 0
         self.scratch = np.full(fabric.n_links, -1, np.int64)  # for rename_links
 
+    def _problem(self, lo, hi):
+        """Flows ``lo:hi`` as a problem of their own: (route_ptr, route_links, size)."""
+        rp = self.route_ptr[lo:hi + 1] - self.route_ptr[lo]
+        rl = self.route_links[self.route_ptr[lo]:self.route_ptr[hi]]
+        return rp, rl, self.size[lo:hi]
+
+    def links(self, lo, hi) -> np.ndarray:
+        """The distinct links of flows ``lo:hi``."""
+        return rename_links(self._problem(lo, hi)[1], self.scratch)[1]
+
+    def _run(self, lo, hi, capacity_bps, until_ps):
+        rp, rl, size = self._problem(lo, hi)
+        s = _session(self.engine, self.fabric, rp, rl, capacity_bps, size, self.tolerance,
+                     self.packet_params, bottleneck_first=self.bottleneck_first)
+        s.start(np.arange(hi - lo), 0)
+        s.advance(until_ps)
+        return s
+
     def duration_ps(self, lo, hi, capacity_bps) -> int:
         if hi == lo:
             return 0
-        rp = self.route_ptr[lo:hi + 1] - self.route_ptr[lo]
-        rl = self.route_links[self.route_ptr[lo]:self.route_ptr[hi]]
-        size = self.size[lo:hi]
+        rp, rl, size = self._problem(lo, hi)
         # links renamed by first appearance: collectives that are the same flow problem up to
         # the names of their links (e.g. the same all-to-all in another pod) share one entry
         local, used = rename_links(rl, self.scratch)
@@ -205,25 +236,30 @@ class _Isolated:
             h.update(np.ascontiguousarray(a).tobytes())
         key = h.digest()
         if key not in self.memo:
-            s = _session(self.engine, self.fabric, rp, rl, capacity_bps, size, self.tolerance,
-                         self.packet_params)
-            s.start(np.arange(hi - lo), 0)
-            s.advance(_INF - 1)
-            self.memo[key] = int(s.finish_ps.max())
+            self.memo[key] = int(self._run(lo, hi, capacity_bps, _INF - 1).finish_ps.max())
             self.simulated += 1
         return self.memo[key]
+
+    def progress_at(self, lo, hi, capacity_bps, at_ps):
+        """Flows ``lo:hi`` run alone from time 0 (flow engine), as they stand at ``at_ps`` once
+        every event up to it has run: ``(finish_ps, remaining_bytes)``, -1 and the bytes left for
+        flows not finished."""
+        s = self._run(lo, hi, capacity_bps, at_ps)
+        return s.finish_ps.copy(), s.remaining_bytes(at_ps)
 
 
 def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", controller=None,
                   tolerance: float = 0.0, seed: int = 0, progress=None,
                   gpu_map=None, engine: str = "flow", packet_params=None,
-                  bottleneck_first: bool = True) -> IterationResult:
+                  bottleneck_first: bool = True, solo: bool = True) -> IterationResult:
     """Execute ``graph`` on ``fabric`` (see the module docstring); ``controller`` is an OCS
     controller for MixNet fabrics (:func:`fabricsim.ocs.controller.make_controller`);
     ``gpu_map`` (``int64[H]``, :func:`fabricsim.failures.gpu_map`) moves failed GPUs' traffic;
     ``progress(tasks_done, tasks, sim_ps)`` is called as tasks finish (often: throttle it);
     ``bottleneck_first=False``: the flow engine's slower plain re-solve, for comparisons
-    (:class:`fabricsim.engine.FlowSession`)."""
+    (:class:`fabricsim.engine.FlowSession`); ``solo=False``: in ``exact`` mode, every collective's
+    flows run in the shared engine session, even those alone on their links (see the module
+    docstring), for comparisons."""
     require(mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     require(engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
     require(isinstance(fabric, Fabric), "fabric", "must be a fabricsim Fabric")
@@ -243,15 +279,20 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
     session = _session(engine, fabric, route_ptr, route_links, capacity, size, tolerance,
                        packet_params, flow_group=flow_task,
                        bottleneck_first=bottleneck_first) if exact else None
-    isolated = None if exact else _Isolated(fabric, route_ptr, route_links, size, tolerance,
-                                            engine, packet_params)
+    # exact mode times a collective alone on its links from the memo (the module docstring)
+    solo = exact and solo and engine == "flow" and tolerance == 0.0
+    isolated = _Isolated(fabric, route_ptr, route_links, size, tolerance, engine, packet_params,
+                         bottleneck_first) if solo or not exact else None
+    solo = _Solo(isolated, session, capacity, ptr) if solo else None
     succ_ptr, succ = dag.successors(graph.pred_ptr, graph.pred)
     waiting = np.diff(graph.pred_ptr).astype(np.int64)
     has_flows = np.diff(ptr) > 0
     start = np.full(n, -1, np.int64)
     finish = np.full(n, -1, np.int64)
     held = np.zeros(n, np.int64)  # ps a communication task waited for a blocking reconfiguration
-    events = []  # (time, seq, kind, payload): 0 task done, 1 start flows, 2 capacity change
+    # (time, seq, kind, payload): 0 task done, 1 start flows, 2 capacity change, 3 a solo
+    # collective done (unless the engine took it over)
+    events = []
     seq = 0
     pending_caps = []  # capacity changes from the controller not yet in the engine
 
@@ -321,16 +362,31 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
                 done(payload, t)
                 n_done += 1
             elif kind == 1:
-                starts.append(np.arange(ptr[payload], ptr[payload + 1]))
-            else:
+                starts.append(payload)
+            elif kind == 2:
                 pending_caps.append(payload)
+            elif solo.finish(payload):  # 3: not taken over
+                done(payload, t)
+                n_done += 1
         if exact:
+            flows = []  # of the collectives to start in the session at t
             if pending_caps:
-                session.set_capacity(np.concatenate([p[0] for p in pending_caps]),
-                                     np.concatenate([p[1] for p in pending_caps]), t)
+                links = np.concatenate([p[0] for p in pending_caps])
+                caps = np.concatenate([p[1] for p in pending_caps])
+                if solo:
+                    solo.take_over(links, t, flows)
+                session.set_capacity(links, caps, t)
+                capacity[links] = caps
                 pending_caps = []
-            if starts:
-                session.start(np.concatenate(starts), t)
+            for task in starts:
+                if solo:
+                    solo.place(task, t, flows, push)
+                else:
+                    flows.append(np.arange(ptr[task], ptr[task + 1]))
+            if flows:
+                session.start(np.concatenate(flows), t)
+            if solo:
+                solo.end_of_step()
         if progress is not None:
             progress(n_done, n, t)
     if np.any(finish < 0):
@@ -346,9 +402,77 @@ def run_iteration(graph: TaskGraph, fabric: Fabric, *, mode: str = "exact", cont
                                                     fabric.n_links)
     stats["engine"] = engine
     if exact:
+        stats.update(solo_collectives=solo.started if solo else 0,
+                     solo_taken_over=solo.taken_over if solo else 0)
         stats.update({f"engine_{k}": v for k, v in session.stats().items()})
     return IterationResult(graph, iteration_ps, start, finish, breakdown,
                            controller.records if controller is not None else [], stats)
+
+
+class _Solo:
+    """``exact`` mode's solo collectives (see the module docstring): each holds its links
+    (``owner``) until it is done or the shared session takes it over. ``capacity`` is the
+    runner's copy of the session's link capacities, kept current by the runner."""
+
+    def __init__(self, isolated: _Isolated, session: FlowSession, capacity, ptr):
+        self.isolated, self.session, self.capacity, self.ptr = isolated, session, capacity, ptr
+        n_links = capacity.shape[0]
+        self.owner = np.full(n_links, -1, np.int64)  # the solo collective on each link
+        self.shared = np.zeros(n_links, bool)  # links given to the session at the current time
+        self.marked = []  # the links set in ``shared`` (cleared by end_of_step)
+        self.runs = {}  # solo collective -> (start ps, its links)
+        self.started = self.taken_over = 0
+
+    def finish(self, task) -> bool:
+        """Solo collective ``task`` is done (its timed end), unless it was taken over."""
+        run = self.runs.pop(task, None)
+        if run is None:
+            return False
+        self.owner[run[1]] = -1
+        return True
+
+    def _give(self, links):
+        self.shared[links] = True
+        self.marked.append(links)
+
+    def take_over(self, links, t, flows) -> None:
+        """The session takes over, at ``t``, the solo collectives on ``links``: their flows as
+        they stand after running alone since they started (``resume``), or, started at ``t``
+        itself, appended to ``flows`` to start with the others."""
+        held = self.owner[links]
+        for task in np.unique(held[held >= 0]).tolist():
+            t0, used = self.runs.pop(task)
+            self.owner[used] = -1
+            self._give(used)
+            lo, hi = self.ptr[task], self.ptr[task + 1]
+            if t == t0:
+                flows.append(np.arange(lo, hi))
+            else:
+                fin, rem = self.isolated.progress_at(lo, hi, self.capacity, t - t0)
+                self.session.resume(np.arange(lo, hi), rem, np.where(fin >= 0, fin + t0, -1), t)
+            self.taken_over += 1
+
+    def place(self, task, t, flows, push) -> None:
+        """Collective ``task`` starts at ``t``: solo if none of its links carries a flow or is
+        down (its end pushed as event 3), else its flows join ``flows`` for the session."""
+        lo, hi = self.ptr[task], self.ptr[task + 1]
+        used = self.isolated.links(lo, hi)
+        self.take_over(used, t, flows)
+        if self.shared[used].any() or self.session.links_active(used) or \
+                not np.all(self.capacity[used] > 0):
+            self._give(used)
+            flows.append(np.arange(lo, hi))
+            return
+        self.owner[used] = task
+        self.runs[task] = (t, used)
+        push(t + self.isolated.duration_ps(lo, hi, self.capacity), 3, task)
+        self.started += 1
+
+    def end_of_step(self) -> None:
+        """The runner moves on from the current time: ``shared`` is empty again."""
+        for links in self.marked:
+            self.shared[links] = False
+        self.marked.clear()
 
 
 def _contended(ptr, route_ptr, route_links, start, finish, n_links) -> int:

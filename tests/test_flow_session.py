@@ -135,3 +135,60 @@ def test_bottleneck_first_gives_the_plain_resolve(seed):
     assert np.all(local > 0)
     np.testing.assert_allclose(local, plain, rtol=1e-9, atol=4)
 
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 30_000_000))
+def test_resume_continues_flows_that_ran_in_another_session(seed, at_ps):
+    """Flows run alone in one session until ``at_ps``, then handed to a second session with
+    ``resume`` (finished ones recorded, the rest with their remaining bytes): the same completions,
+    and the same group completions, as one session running them throughout, to the picosecond
+    rounding of completions."""
+    rng = np.random.default_rng(seed)
+    n = 30
+    src = rng.integers(0, 16, n)
+    dst = (src + rng.integers(1, 16, n)) % 16
+    size = rng.integers(1, 2_000_000, n)
+    group = rng.integers(0, 3, n)
+    routes = FAB.route(src, dst, seed=seed)
+
+    def session():
+        return FlowSession(routes.route_ptr, routes.route_links, FAB.link_state(), size,
+                           tolerance=0.0, flow_group=group)
+
+    whole = session()
+    whole.start(np.arange(n), 0)
+    whole.advance(flowsim.INF_PS - 1)
+    first = session()
+    first.start(np.arange(n), 0)
+    first.advance(at_ps)
+    rem = first.remaining_bytes(at_ps)
+    fin = first.finish_ps.copy()
+    assert np.all(rem[fin >= 0] == 0) and np.all(rem[fin < 0] > 0)
+    assert np.all(rem <= size) and np.all(fin <= at_ps)
+    second = session()
+    second.resume(np.arange(n), rem, fin, at_ps)
+    groups, when = second.advance_groups(at_ps)  # groups done by at_ps are reported at once
+    done = dict(zip(groups.tolist(), when.tolist()))
+    while second.next_event_ps() < flowsim.INF_PS:
+        groups, when = second.advance_groups(flowsim.INF_PS - 1)
+        done.update(zip(groups.tolist(), when.tolist()))
+    np.testing.assert_allclose(second.finish_ps, whole.finish_ps, rtol=1e-9, atol=2)
+    assert sorted(done) == sorted(set(group.tolist()))
+    for g, t in done.items():
+        assert abs(t - whole.finish_ps[group == g].max()) <= 2
+
+
+def test_resume_rejects_misuse():
+    routes = FAB.route(np.array([0, 1]), np.array([5, 6]))
+    s = FlowSession(routes.route_ptr, routes.route_links, FAB.link_state(), np.array([1000, 1000]))
+    with pytest.raises(ValueError, match="finish time after at_ps"):
+        s.resume([0, 1], [0.0, 500.0], [20, -1], 10)
+    with pytest.raises(ValueError, match="negative remaining"):
+        s.resume([0, 1], [0.0, -1.0], [5, -1], 10)
+    s.resume([0, 1], [0.0, 500.0], [5, -1], 10)
+    with pytest.raises(ValueError, match="only once"):
+        s.start([0], 10)  # finished already
+    s.advance(flowsim.INF_PS - 1)
+    assert s.finish_ps[0] == 5 and s.finish_ps[1] > 10
+    assert not s.links_active(routes.route_links)

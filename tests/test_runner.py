@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabricsim.fabric import fat_tree
 from fabricsim.mixnet import mixnet
 from fabricsim.kernels.routing import rename_links
-from fabricsim.ocs.controller import make_controller
+from fabricsim.ocs.controller import RegionalController, make_controller
 from fabricsim.runner import BREAKDOWN_KINDS, run_iteration
 from fabricsim.workload import WorkloadConfig, build_iteration
 
@@ -75,6 +75,51 @@ def test_bottleneck_first_gives_the_plain_engine_run(pipeline_graph):
     assert local.stats["engine_bottleneck_tries"] > 0 == plain.stats["engine_bottleneck_tries"]
     assert local.stats["engine_solved_flows"] < plain.stats["engine_solved_flows"]
     np.testing.assert_allclose(local.finish_ps, plain.finish_ps, rtol=1e-9, atol=100)
+
+
+def test_solo_collectives_give_the_shared_session_run(pipeline_graph):
+    """``exact`` mode times a collective alone on its links from the isolated memo and hands it
+    to the shared engine session when a flow comes onto one of its links: the same task times as
+    running every flow in the session (``solo=False``), to the picosecond rounding."""
+    fab = fat_tree(32, 100)
+    solo = run_iteration(pipeline_graph, fab, mode="exact")
+    shared = run_iteration(pipeline_graph, fab, mode="exact", solo=False)
+    assert solo.stats["solo_collectives"] > solo.stats["solo_taken_over"] > 0
+    assert shared.stats["solo_collectives"] == 0 == shared.stats["isolated_simulations"]
+    assert solo.stats["engine_events"] < shared.stats["engine_events"]
+    np.testing.assert_allclose(solo.finish_ps, shared.finish_ps, rtol=1e-9, atol=100)
+    # the staleness bound couples links through event times: no solo collectives with it
+    loose = run_iteration(pipeline_graph, fab, mode="exact", tolerance=0.01)
+    assert loose.stats["solo_collectives"] == 0
+
+
+class _FlakyLinks(RegionalController):
+    """The static controller plus a capacity cut at every compute start: a link picked by the
+    task's index runs at 30% for 20 us from 1 us after the start (capacity changes that land on
+    the links of running collectives)."""
+
+    def on_compute_start(self, task, t):
+        links = np.array([(task * 7919) % self.fabric.n_links])
+        nominal = self.fabric.links.capacity_bps[links]
+        return super().on_compute_start(task, t) + [(t + 1_000_000, links, 0.3 * nominal),
+                                                     (t + 21_000_000, links, nominal)]
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**16), link_gbps=st.sampled_from([25, 100, 400]),
+       policy=st.sampled_from(["static", "oracle-blocking", "reuse-previous"]))
+def test_solo_collectives_under_capacity_changes(seed, link_gbps, policy):
+    """Solo collectives taken over when a flow or a capacity change comes onto their links
+    (MixNet re-wirings, and links cut and restored under running collectives): the same task times
+    as the shared session."""
+    cfg = WorkloadConfig(model="mixtral-8x7b", gpus=32, tp=2, ep=8, pp=2, dp=1, micro_batch=1,
+                         seq_len=256, micro_batches=2, gating="synthetic", seed=seed)
+    g = build_iteration(cfg)
+    runs = [run_iteration(g, mixnet(cfg.gpus // 8, link_gbps, region_servers=2),
+                          controller=_FlakyLinks(policy=policy, delay_ps=50_000_000), seed=seed,
+                          solo=solo) for solo in (True, False)]
+    assert runs[0].stats["solo_collectives"] > 0 and runs[0].stats["solo_taken_over"] > 0
+    np.testing.assert_allclose(runs[0].finish_ps, runs[1].finish_ps, rtol=1e-9, atol=100)
 
 
 def mixnet_for(cfg, **kw):
