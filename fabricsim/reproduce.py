@@ -136,9 +136,10 @@ def study_points(study: str = "main", *, quick: bool = False, models=None, link_
 
 #: Models that the studies run in ``isolated`` mode unless ``--mode`` says otherwise: DeepSeek-R1's
 #: exact iteration at 1024 GPUs (15 million flows, EP 64) takes far longer than a point should
-#: (one micro-batch of its 16: 91 s with exact max-min, 24 s with a 0.05 staleness bound; all 16:
-#: 32 minutes on the fat-tree at 400 Gbps, 1.0% longer than isolated; benchmarks/README.md E1).
-#: The run says so (:func:`isolated_note`).
+#: (2026-12-03, with solo collectives: 2-3 minutes on the fat-tree, 15-18.5 minutes on the 3:1
+#: fat-tree, where its all-to-alls share oversubscribed links with the pipeline's traffic; 1.0%
+#: longer than isolated on the fat-tree at 400 Gbps; the main study with it exact: 48 minutes with
+#: two workers; benchmarks/README.md E1 and R1). The run says so (:func:`isolated_note`).
 ISOLATED_BY_DEFAULT = ("deepseek-r1",)
 
 
@@ -149,8 +150,8 @@ def isolated_note(points) -> str:
     if not models:
         return ""
     return (f"note         {', '.join(models)} ran in isolated mode (collectives timed alone): "
-            "its exact iteration took 32 minutes on the 1024-GPU fat-tree; --mode exact runs "
-            "it anyway")
+            "its exact iteration takes 2-3 minutes on the 1024-GPU fat-tree and up to 18.5 on "
+            "the 3:1 one; --mode exact runs it anyway")
 
 
 def _switch_names() -> tuple:
