@@ -216,6 +216,9 @@ class _Isolated:
 
     def _run(self, lo, hi, capacity_bps, until_ps):
         rp, rl, size = self._problem(lo, hi)
+        if self.engine == "flow":  # on its own links only: the state's link arrays stay small
+            rl, used = rename_links(rl, self.scratch)
+            capacity_bps = capacity_bps[used]
         s = _session(self.engine, self.fabric, rp, rl, capacity_bps, size, self.tolerance,
                      self.packet_params, bottleneck_first=self.bottleneck_first)
         s.start(np.arange(hi - lo), 0)
