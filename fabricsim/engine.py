@@ -466,13 +466,15 @@ class FlowSession:
 
     def remaining_bytes(self, at_ps: int) -> np.ndarray:
         """Bytes each flow has left at ``at_ps`` (no earlier than the last event run, no later
-        than the next), settled as the engine settles them: 0 once finished, the size if pending."""
+        than the next), settled as the engine settles them: 0 once finished, the size if pending.
+        Never below 0: a flow whose completion, rounded up to the picosecond, is after ``at_ps``
+        can have settled a few 1e-11 bytes below 0 (the engine then finishes it at once)."""
         st = self.st
         rem = st.rem_bytes.copy()
         active = st.status == 1
         dt = (int(at_ps) - st.t_upd_ps[active]).astype(np.float64)
         rem[active] -= st.rate_bps[active] * dt / (8.0 * flowsim.PS_PER_S)
-        return rem
+        return np.maximum(rem, 0.0)
 
     def links_active(self, links) -> bool:
         """Whether an active flow crosses one of ``links``."""

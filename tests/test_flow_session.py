@@ -138,12 +138,13 @@ def test_bottleneck_first_gives_the_plain_resolve(seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**31), st.integers(1, 30_000_000))
-def test_resume_continues_flows_that_ran_in_another_session(seed, at_ps):
+@given(st.integers(0, 2**31), st.integers(1, 30_000_000), st.booleans())
+def test_resume_continues_flows_that_ran_in_another_session(seed, at_ps, just_before):
     """Flows run alone in one session until ``at_ps``, then handed to a second session with
     ``resume`` (finished ones recorded, the rest with their remaining bytes): the same completions,
     and the same group completions, as one session running them throughout, to the picosecond
-    rounding of completions."""
+    rounding of completions. ``just_before``: ``at_ps`` is 1 ps before a flow's completion, where
+    its settled remaining bytes can round below 0."""
     rng = np.random.default_rng(seed)
     n = 30
     src = rng.integers(0, 16, n)
@@ -159,12 +160,14 @@ def test_resume_continues_flows_that_ran_in_another_session(seed, at_ps):
     whole = session()
     whole.start(np.arange(n), 0)
     whole.advance(flowsim.INF_PS - 1)
+    if just_before:
+        at_ps = int(whole.finish_ps[seed % n]) - 1
     first = session()
     first.start(np.arange(n), 0)
     first.advance(at_ps)
     rem = first.remaining_bytes(at_ps)
     fin = first.finish_ps.copy()
-    assert np.all(rem[fin >= 0] == 0) and np.all(rem[fin < 0] > 0)
+    assert np.all(rem[fin >= 0] == 0) and np.all(rem[fin < 0] >= 0)
     assert np.all(rem <= size) and np.all(fin <= at_ps)
     second = session()
     second.resume(np.arange(n), rem, fin, at_ps)
@@ -192,3 +195,25 @@ def test_resume_rejects_misuse():
     s.advance(flowsim.INF_PS - 1)
     assert s.finish_ps[0] == 5 and s.finish_ps[1] > 10
     assert not s.links_active(routes.route_links)
+
+
+def test_remaining_bytes_never_negative_just_before_a_completion():
+    """Settling a flow's bytes over several rate changes can leave it a few 1e-11 B below 0 just
+    before its completion (rounded up to the picosecond); ``remaining_bytes`` gives 0 then, and
+    ``resume`` takes it (the flow finishes at once). The rounding is forced here by lowering the
+    stored bytes of an active flow by 1e-11 B below what its rate drains by ``at_ps``."""
+    routes = FAB.route(np.array([0, 1]), np.array([5, 6]))
+    s = FlowSession(routes.route_ptr, routes.route_links, FAB.link_state(), np.array([10**6, 10**6]),
+                    tolerance=0.0)
+    s.start([0, 1], 0)
+    s.advance(1000)
+    at_ps = 2000
+    st = s.st
+    st.rem_bytes[0] = st.rate_bps[0] * (at_ps - st.t_upd_ps[0]) / (8.0 * flowsim.PS_PER_S) - 1e-11
+    rem = s.remaining_bytes(at_ps)
+    assert rem[0] == 0.0 and rem[1] > 0
+    again = FlowSession(routes.route_ptr, routes.route_links, FAB.link_state(),
+                        np.array([10**6, 10**6]), tolerance=0.0)
+    again.resume([0, 1], rem, [-1, -1], at_ps)
+    again.advance(flowsim.INF_PS - 1)
+    assert again.finish_ps[0] == at_ps and again.finish_ps[1] > at_ps

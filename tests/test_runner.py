@@ -122,6 +122,50 @@ def test_solo_collectives_under_capacity_changes(seed, link_gbps, policy):
     np.testing.assert_allclose(runs[0].finish_ps, runs[1].finish_ps, rtol=1e-9, atol=100)
 
 
+class _TimedChange:
+    """A controller without circuits that sets link ``link`` to its own capacity at ``at_ps``
+    (a no-op change that still takes over the solo collective on that link)."""
+
+    def __init__(self, at_ps, link):
+        self.at_ps, self.link, self.records, self.issued = at_ps, link, [], False
+
+    def attach(self, graph, fabric):
+        self.task_group = np.full(graph.n_tasks, -1, np.int64)
+        self.fabric = fabric
+
+    def routing_groups(self, graph):
+        return {-1: None}
+
+    def initial_capacity(self, capacity_bps):
+        return capacity_bps
+
+    def on_compute_start(self, task, t):
+        if self.issued:
+            return []
+        self.issued = True
+        links = np.array([self.link])
+        return [(self.at_ps, links, self.fabric.links.capacity_bps[links])]
+
+    def on_comm_ready(self, task, t):
+        return t, []
+
+    def on_task_done(self, task, t):
+        return []
+
+
+def test_take_over_a_picosecond_before_a_flow_completes():
+    """Found by a review: a take-over 1 ps before a flow's rounded-up completion, where the flow's
+    bytes settled alone come out a few 1e-11 B below 0 (it then finishes at once: 1 ps early)."""
+    cfg = WorkloadConfig(model="mixtral-8x7b", gpus=16, tp=2, ep=8, pp=1, dp=1, micro_batch=1,
+                         seq_len=512, micro_batches=1, gating="synthetic", seed=1)
+    g = build_iteration(cfg)
+    fab = fat_tree(16, 100)
+    runs = [run_iteration(g, fab, controller=_TimedChange(56885460820 + 301410987, 96), solo=solo)
+            for solo in (True, False)]
+    assert runs[0].stats["solo_taken_over"] > 0
+    np.testing.assert_allclose(runs[0].finish_ps, runs[1].finish_ps, rtol=1e-9, atol=100)
+
+
 def mixnet_for(cfg, **kw):
     servers = cfg.gpus // 8
     return mixnet(servers, 100, region_servers=cfg.ep * cfg.tp // 8, **kw)
