@@ -23,7 +23,9 @@ Two modes:
   shared session takes its flows over from there, finished ones recorded and the others with
   their remaining bytes (:meth:`fabricsim.engine.FlowSession.resume`;
   ``stats["solo_taken_over"]``). Task times equal the shared session's to the picosecond rounding
-  of completions (``tests/test_runner.py``); with ``tolerance > 0`` the engine's deferred
+  of completions (``tests/test_runner.py``; a take-over re-rounds its flows' completions by up to
+  1 ps, and under repeated capacity cuts such differences can grow: up to 1 ns, 4e-8 relative, in
+  a sweep of 449 configurations); with ``tolerance > 0`` the engine's deferred
   re-solves couple components through event times, so every flow runs in the session.
 - ``isolated``: each communication task is simulated alone on the idle fabric (with its circuit
   configuration) and then takes that time, memoized over tasks with identical flows and

@@ -119,7 +119,9 @@ def test_solo_collectives_under_capacity_changes(seed, link_gbps, policy):
                           controller=_FlakyLinks(policy=policy, delay_ps=50_000_000), seed=seed,
                           solo=solo) for solo in (True, False)]
     assert runs[0].stats["solo_collectives"] > 0 and runs[0].stats["solo_taken_over"] > 0
-    np.testing.assert_allclose(runs[0].finish_ps, runs[1].finish_ps, rtol=1e-9, atol=100)
+    # the 1 ps re-roundings at take-overs can grow at each collective that overlaps a 30% cut
+    # (a review's sweep saw up to 1 ns, 4.4e-8 of the task time): rounding, not a different model
+    np.testing.assert_allclose(runs[0].finish_ps, runs[1].finish_ps, rtol=2e-7, atol=100)
 
 
 class _TimedChange:
